@@ -1,0 +1,105 @@
+"""The `integration-service` command line (CONTRACT section 1), built with click.
+
+Errors go to stderr as one line naming what is wrong; exit status 2 for bad input (bad
+arguments, an unknown venue, job or dead-letter id, a bad setting) and 1 for everything
+else (an unreachable service, say). No command ever prints a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import click
+
+from service import config
+from service.errors import IntegrationError, ValidationError
+from service.logs import configure_logging, redact_text
+
+T = TypeVar("T")
+
+
+class CommandError(Exception):
+    """A CLI failure with its exit status."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def load() -> config.Settings:
+    """Settings from the environment, with logging configured; bad values exit 2."""
+    try:
+        settings = config.load_settings()
+    except config.ConfigurationError as exc:
+        raise CommandError(str(exc), 2) from None
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    return settings
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine on a fresh event loop."""
+    return asyncio.run(coro)
+
+
+def exit_code_for(exc: IntegrationError) -> int:
+    return 2 if isinstance(exc, ValidationError) else 1
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="integration-service")
+def cli() -> None:
+    """Keep each venue's Stripe, Square, QuickBooks Online and Mailchimp accounts in sync.
+
+    Settings come from the environment (see the README); per-venue secrets live in the
+    credential vault and never on the command line.
+    """
+
+
+def _register() -> None:
+    from service.cli import credentials, ops
+
+    for module in (credentials, ops):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+    try:  # command groups added by later slices register themselves here
+        from service.cli import extra
+    except ImportError:
+        return
+    for command in extra.COMMANDS:
+        cli.add_command(command)
+
+
+_register()
+
+
+def _fail(message: str, code: int) -> int:
+    click.echo(f"error: {redact_text(message)}", err=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns (and exits with) the status."""
+    try:
+        cli.main(args=argv, prog_name="integration-service", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        return _fail("aborted", 1)
+    except click.ClickException as exc:  # usage errors: exit 2
+        return _fail(exc.format_message(), exc.exit_code)
+    except CommandError as exc:
+        return _fail(str(exc), exc.exit_code)
+    except IntegrationError as exc:
+        return _fail(str(exc), exit_code_for(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as exc:  # never a traceback: one line naming the failure
+        return _fail(f"unexpected {type(exc).__name__}: {exc}".splitlines()[0], 1)
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

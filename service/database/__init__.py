@@ -1,0 +1,149 @@
+"""PostgreSQL access: the pool, migration, and the queries of every domain.
+
+asyncpg errors are translated here (``translate``) so callers see only our error tree.
+Every pool call has a command timeout; acquiring waits at most ``ACQUIRE_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from service.errors import ConfigurationError, IntegrationError, NetworkError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
+COMMAND_TIMEOUT_S = 30.0
+ACQUIRE_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 10.0
+
+Pool = asyncpg.Pool
+
+
+def schema_sql() -> str:
+    """The schema, from the installed package's source tree."""
+    return SCHEMA_PATH.read_text(encoding="utf-8")
+
+
+def describe_dsn(dsn: str) -> str:
+    """host:port/dbname of a DSN, without user or password, for messages."""
+    parts = urlsplit(dsn)
+    host = parts.hostname or "localhost"
+    port = parts.port or 5432
+    return f"{host}:{port}{parts.path}"
+
+
+def translate(exc: BaseException, dsn: str) -> IntegrationError:
+    """Map an asyncpg / OS error to our error tree, naming the database but no password."""
+    where = describe_dsn(dsn)
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return ConfigurationError(f"database {where} does not exist; run `integration-service migrate`")
+    if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+        return ConfigurationError(f"database {where} refused the credentials in DATABASE_URL")
+    if isinstance(exc, asyncpg.UndefinedTableError):
+        return ConfigurationError(f"database {where} has no schema; run `integration-service migrate`")
+    if isinstance(exc, OSError | TimeoutError | asyncpg.CannotConnectNowError):
+        return NetworkError(f"cannot reach PostgreSQL at {where}: {exc.__class__.__name__}")
+    if isinstance(exc, asyncpg.PostgresError):
+        return NetworkError(f"PostgreSQL at {where} failed: {exc.__class__.__name__}: {exc}")
+    return NetworkError(f"PostgreSQL at {where} failed: {exc}")
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
+    """Open a pool; raise NetworkError / ConfigurationError naming the database."""
+    try:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+            command_timeout=COMMAND_TIMEOUT_S, timeout=CONNECT_TIMEOUT_S,
+        )
+    except Exception as exc:  # translated at the boundary
+        raise translate(exc, dsn) from exc
+    assert pool is not None
+    return pool
+
+
+@asynccontextmanager
+async def open_pool(dsn: str, **kwargs: Any) -> AsyncIterator[Pool]:
+    """A pool that is closed on exit."""
+    pool = await create_pool(dsn, **kwargs)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def _connect(dsn: str) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+    except Exception as exc:
+        raise translate(exc, dsn) from exc
+
+
+async def ensure_database(dsn: str) -> bool:
+    """Create the database named in ``dsn`` if it is missing; True when it was created."""
+    parts = urlsplit(dsn)
+    name = parts.path.lstrip("/")
+    if not name:
+        raise ConfigurationError("DATABASE_URL names no database")
+    admin_dsn = urlunsplit(parts._replace(path="/postgres"))
+    conn = await _connect(admin_dsn)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if exists:
+            return False
+        quoted = '"' + name.replace('"', '""') + '"'
+        try:
+            await conn.execute(f"CREATE DATABASE {quoted}")
+        except asyncpg.DuplicateDatabaseError:
+            return False  # another migrate won the race
+        return True
+    finally:
+        await conn.close()
+
+
+MIGRATION_LOCK_ID = 0x1A7E5E1C  # pg_advisory_lock key: one migrate at a time
+
+
+async def apply_schema(dsn: str) -> None:
+    """Apply schema.sql under an advisory lock, so concurrent starts do not collide."""
+    conn = await _connect(dsn)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+        try:
+            await conn.execute(schema_sql())
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+    except IntegrationError:
+        raise
+    except Exception as exc:
+        raise translate(exc, dsn) from exc
+    finally:
+        await conn.close()
+
+
+async def migrate_database(dsn: str) -> bool:
+    """Create the database if missing and apply the schema; True when it was created."""
+    created = await ensure_database(dsn)
+    await apply_schema(dsn)
+    return created
+
+
+async def ping(pool: Pool) -> None:
+    """One round trip; raises NetworkError when the database is away."""
+    try:
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            await conn.fetchval("SELECT 1", timeout=5)
+    except Exception as exc:
+        raise NetworkError(f"PostgreSQL unreachable: {exc.__class__.__name__}") from exc

@@ -1,0 +1,142 @@
+"""Session-wide isolation: one RabbitMQ vhost and one PostgreSQL database per test run.
+
+Both are created once (synchronously, with one ``asyncio.run``), the schema is applied
+twice to prove it idempotent, and both are dropped at the end. An unreachable broker or
+database stops the run with a clear error: nothing here ever skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from service.config import Settings, load_settings
+from service.database import migrate_database
+
+PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+AMQP_BASE = os.environ.get("TEST_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class TestServices:
+    """Where this test run's own vhost and database are."""
+
+    __test__ = False
+    vhost: str
+    database: str
+    amqp_url: str
+    database_url: str
+    master_key_b64: str
+
+
+def _rabbitmqctl(*args: str) -> None:
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    result = subprocess.run([ctl, *args], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()[:300]}")
+
+
+async def _drop_database(name: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=10)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def _prepare_database(url: str) -> None:
+    await migrate_database(url)
+    await migrate_database(url)  # twice: the schema must be idempotent
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[TestServices]:
+    """Create this run's vhost and database; fail (never skip) when either is unreachable."""
+    run_id = uuid.uuid4().hex[:12]
+    vhost, database = f"test-{run_id}", f"test_{run_id}"
+    database_url = f"postgresql://postgres@127.0.0.1:5432/{database}"
+    try:
+        asyncio.run(_prepare_database(database_url))
+    except Exception as exc:
+        pytest.exit(f"PostgreSQL is required for the tests and failed: {exc}", returncode=3)
+    try:
+        _rabbitmqctl("add_vhost", vhost)
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    except Exception as exc:
+        asyncio.run(_drop_database(database))
+        pytest.exit(f"RabbitMQ is required for the tests and failed: {exc}", returncode=3)
+    key = base64.b64encode(os.urandom(32)).decode()
+    try:
+        yield TestServices(vhost, database, f"{AMQP_BASE}/{vhost}", database_url, key)
+    finally:
+        asyncio.run(_drop_database(database))
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture
+def settings_factory(services: TestServices, tmp_path: Path) -> Any:
+    """Build Settings explicitly for this run's services; keyword overrides win."""
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "amqp_url": services.amqp_url,
+            "database_url": services.database_url,
+            "local_master_key": services.master_key_b64,
+            "local_master_key_file": tmp_path / "master.key",
+            "log_format": "json",
+            "retry_base_delay_seconds": 0.05,
+            "retry_max_delay_seconds": 1.0,
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return build
+
+
+@pytest.fixture
+def settings(settings_factory: Any) -> Settings:
+    return settings_factory()
+
+
+@pytest.fixture
+def service_env(services: TestServices, tmp_path: Path) -> dict[str, str]:
+    """Environment for running `integration-service` subprocesses against this run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AMQP_", "DATABASE_"))}
+    env.update(
+        AMQP_URL=services.amqp_url,
+        DATABASE_URL=services.database_url,
+        LOCAL_MASTER_KEY=services.master_key_b64,
+        LOCAL_MASTER_KEY_FILE=str(tmp_path / "master.key"),
+        LOG_FORMAT="json",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+async def pool(services: TestServices) -> Any:
+    """An asyncpg pool on this run's database, closed after the test."""
+    from service.database import create_pool
+
+    created = await create_pool(services.database_url, min_size=1, max_size=5)
+    try:
+        yield created
+    finally:
+        await created.close()
+
+
+@pytest.fixture
+def venue_id() -> str:
+    """A venue id no other test uses."""
+    return f"venue-{uuid.uuid4().hex[:10]}"
