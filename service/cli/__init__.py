@@ -59,17 +59,14 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from service.cli import credentials, ops
+    """Add the commands of every module in this package (each lists them in COMMANDS)."""
+    import importlib
+    import pkgutil
 
-    for module in (credentials, ops):
-        for command in module.COMMANDS:
+    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        for command in getattr(module, "COMMANDS", ()):
             cli.add_command(command)
-    try:  # command groups added by later slices register themselves here
-        from service.cli import extra
-    except ImportError:
-        return
-    for command in extra.COMMANDS:
-        cli.add_command(command)
 
 
 _register()

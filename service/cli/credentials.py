@@ -60,7 +60,7 @@ def set_credential(venue: str, provider: str, kind: str, secret_file: Path | Non
     settings = load()
 
     async def store() -> dict[str, Any]:
-        from service.lifecycle import open_vault, learn_square_merchant
+        from service.lifecycle import learn_square_merchant, open_vault
 
         async with open_vault(settings) as vault:
             info = await vault.set(venue, provider, kind, secret)
