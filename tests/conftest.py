@@ -140,3 +140,82 @@ async def pool(services: TestServices) -> Any:
 def venue_id() -> str:
     """A venue id no other test uses."""
     return f"venue-{uuid.uuid4().hex[:10]}"
+
+
+# The provider sandbox (sandbox/, CONTRACT section 7) -----------------------------------
+
+
+@dataclass
+class SandboxServer:
+    """A running sandbox: its base URL and the app-wide keys and OAuth clients it knows."""
+
+    __test__ = False
+    url: str
+    state: Any  # sandbox.core.SandboxState: read it only between calls (another thread owns it)
+    square_client_id: str = "sq0idp-sandbox-test-client"
+    square_client_secret: str = "sq0csp-sandbox-test-secret"
+    quickbooks_client_id: str = "qb-sandbox-test-client"
+    quickbooks_client_secret: str = "qb-sandbox-test-secret"
+    mailchimp_client_id: str = "mc-sandbox-test-client"
+    mailchimp_client_secret: str = "mc-sandbox-test-secret"
+    square_webhook_signature_key: str = "sandbox-square-signature-key"
+    quickbooks_webhook_verifier_token: str = "sandbox-quickbooks-verifier-token"
+
+    def control(self, method: str, path: str, payload: Any = None) -> Any:
+        """Call a /_sandbox control endpoint synchronously and return its JSON answer."""
+        import json
+        import urllib.request
+
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read() or b"null")
+
+    def reset(self) -> None:
+        """Empty the sandbox: accounts, records, faults, calls."""
+        self.control("POST", "/_sandbox/reset", {})
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[SandboxServer]:
+    """The sandbox on a free port, served from a background thread with its own event loop."""
+    import threading
+
+    from aiohttp import web
+
+    from sandbox.control import STATE_KEY
+    from sandbox.server import create_app
+
+    keys = SandboxServer(url="", state=None)
+    app = create_app(
+        token_ttl_seconds=None,
+        square_webhook_signature_key=keys.square_webhook_signature_key,
+        quickbooks_webhook_verifier_token=keys.quickbooks_webhook_verifier_token,
+        clients={
+            "square": (keys.square_client_id, keys.square_client_secret),
+            "quickbooks": (keys.quickbooks_client_id, keys.quickbooks_client_secret),
+            "mailchimp": (keys.mailchimp_client_id, keys.mailchimp_client_secret),
+        },
+    )
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="sandbox", daemon=True)
+    thread.start()
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+
+    async def start() -> int:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return int(runner.addresses[0][1])
+
+    port = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
+    keys.url, keys.state = f"http://127.0.0.1:{port}", app[STATE_KEY]
+    try:
+        yield keys
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
