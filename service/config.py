@@ -101,6 +101,17 @@ class Settings(BaseSettings):
     rate_limit_mailchimp_concurrency: int | None = Field(None, ge=1)
     sandbox_token_ttl_seconds: float | None = Field(None, gt=0)
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        # `LOG_LEVEL=debug` is what people type; accept it.
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", "environment", "square_environment", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("amqp_url")
     @classmethod
     def _check_amqp_url(cls, value: SecretStr) -> SecretStr:
@@ -187,10 +198,11 @@ def decode_master_key(text: str) -> bytes:
 
 
 def _describe(error: ValidationError) -> str:
+    """One line naming the first bad variable; never its value (it may be a secret)."""
     first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "settings"
-    message = str(first["msg"]).removeprefix("Value error, ")
-    if not first["loc"]:
+    field = str(first["loc"][0]) if first["loc"] else ""
+    message = " ".join(str(first["msg"]).removeprefix("Value error, ").split())
+    if not field:
         return f"invalid configuration: {message}"
     return f"invalid configuration: {field.upper()}: {message}"
 

@@ -14,7 +14,7 @@ import click
 
 from service.cli import CommandError, load, run_async
 from service.config import PROVIDERS
-from service.vault import KINDS
+from service.vault import KINDS, Vault
 
 PROVIDER = click.Choice(PROVIDERS)
 KIND = click.Choice(KINDS)
@@ -33,6 +33,12 @@ def _read_secret(secret_file: Path | None, secret_stdin: bool) -> str:
     if not secret:
         raise CommandError("the secret is empty", 2)
     return secret
+
+
+async def _has_refresh_token(vault: Vault, venue: str, provider: str) -> bool:
+    """Only an oauth credential with a refresh token is refreshed by `rotate` (CONTRACT 1)."""
+    token_set = (await vault.get(venue, provider, "oauth")).oauth()
+    return bool(token_set.get("refresh_token"))
 
 
 @click.group()
@@ -136,7 +142,7 @@ def rotate_credential(venue: str, provider: str, kind: str) -> None:
 
         async with open_vault(settings) as vault:
             info = await vault.rotate(venue, provider, kind)
-            if kind == "oauth":
+            if kind == "oauth" and await _has_refresh_token(vault, venue, provider):
                 info = await refresh_now(settings, vault, info)
             return info.as_json()
 

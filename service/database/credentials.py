@@ -32,7 +32,7 @@ class SealedRow:
 
 
 async def upsert(
-    conn: asyncpg.Connection, venue_id: str, provider: str, kind: str, row: SealedRow
+    conn: asyncpg.Connection | asyncpg.Pool, venue_id: str, provider: str, kind: str, row: SealedRow
 ) -> asyncpg.Record:
     """Insert a credential, or replace its secret and bump the version."""
     return await conn.fetchrow(
@@ -125,7 +125,10 @@ async def record_use(
     )
 
 
-async def set_merchant_id(conn: asyncpg.Connection | asyncpg.Pool, credential_id: int, merchant_id: str) -> None:
+async def set_merchant_id(
+    conn: asyncpg.Connection | asyncpg.Pool, credential_id: int, merchant_id: str
+) -> None:
+    """Record the Square merchant id of an api_key; it is also the rate-limit account."""
     await conn.execute(
         "UPDATE credentials SET merchant_id = $2, account_id = $2 WHERE id = $1", credential_id, merchant_id
     )
