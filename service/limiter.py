@@ -1,0 +1,390 @@
+"""Per-account rate limiting: GCRA spacing per window, concurrency leases, 429 pauses.
+
+Pure arithmetic over a ``BucketState``; the clock and the sleep are passed in, and the
+state lives in a ``BucketStore`` (``MemoryBucketStore`` here for one process and the unit
+tests, ``service.database.ratelimit.PostgresBucketStore`` shared by every process).
+
+Why GCRA with a margin (numbers in bench/LIMITER.md): every grant is a reservation of
+the next send time on a shared "theoretical arrival time" (TAT), spaced by
+``(period + margin) / (quota - burst)``. Any half-open window of ``period + margin``
+then holds at most ``quota`` grants, so a send that reaches the provider up to
+``margin`` later than its grant (event-loop lag, network jitter) still cannot push any
+provider-side window of ``period`` over the quota. Utilisation under saturation is
+``period / (period + margin)``: 0.976 for one-second windows with the 25 ms default.
+A waiter that wakes later than ``LATE_TOLERANCE_S`` after its slot gives the slot up
+and reserves again, so a stalled process never fires a bunch of stale slots at once.
+
+Windows are half-open, ``[t, t + period)``. A rate below 1/s becomes one call per
+``1 / rate`` seconds; a fractional rate above 1/s is rounded down (a one-second window
+cannot hold 2.5 calls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
+
+from service.errors import ConfigurationError, IntegrationError, RateLimitError
+
+T = TypeVar("T")
+
+DEFAULT_MARGIN_S = 0.025  # jitter allowed between grant and arrival at the provider
+LATE_TOLERANCE_S = 0.010  # a waiter later than this re-reserves instead of sending
+LEASE_TTL_S = 30.0  # a crashed holder's concurrency slot comes back after this
+SLOT_POLL_S = 0.02  # how often a waiter for a concurrency slot looks again
+MINUTE_BURST_DIVISOR = 50  # per-minute burst allowance: 2% of the minute quota
+
+# (per_second live, per_second test, per_minute, concurrency); providers.md sections 1.6-4.4.
+# Mailchimp publishes only "10 simultaneous connections"; 10/s is our own polite rate.
+DEFAULTS: dict[str, tuple[float, float, int | None, int | None]] = {
+    "stripe": (100.0, 25.0, None, None),
+    "square": (10.0, 10.0, None, None),
+    "quickbooks": (10.0, 10.0, 500, 10),
+    "mailchimp": (10.0, 10.0, None, 10),
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One account's quotas: calls per second (+ burst), optional per minute and in flight."""
+
+    per_second: float
+    burst: int = 0
+    per_minute: int | None = None
+    concurrency: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.per_second > 0 or self.burst < 0:
+            raise ConfigurationError(f"invalid rate limit {self.per_second}/s burst {self.burst}")
+        if self.per_second >= 1 and self.burst >= math.floor(self.per_second):
+            raise ConfigurationError(f"burst {self.burst} must be below the quota {self.per_second}/s")
+        if self.per_second < 1 and self.burst:
+            raise ConfigurationError("a rate below 1/s allows no burst")
+        if self.per_minute is not None and self.per_minute < 1:
+            raise ConfigurationError(f"invalid per-minute quota {self.per_minute}")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigurationError(f"invalid concurrency cap {self.concurrency}")
+
+
+@dataclass(frozen=True)
+class Window:
+    """A sliding window the provider counts in: at most ``quota`` calls per ``period_s``."""
+
+    period_s: float
+    quota: int
+    burst: int
+
+    def interval_s(self, margin_s: float) -> float:
+        """Spacing between grants so that burst + grants in (period + margin) <= quota."""
+        return (self.period_s + margin_s) / (self.quota - self.burst)
+
+    @property
+    def key(self) -> str:
+        return repr(float(self.period_s))
+
+
+def windows(limits: Limits) -> tuple[Window, ...]:
+    """The provider-side windows a Limits value stands for."""
+    if limits.per_second >= 1:
+        found = [Window(1.0, math.floor(limits.per_second), limits.burst)]
+    else:
+        found = [Window(1.0 / limits.per_second, 1, 0)]
+    if limits.per_minute is not None:
+        found.append(Window(60.0, limits.per_minute, limits.per_minute // MINUTE_BURST_DIVISOR))
+    return tuple(found)
+
+
+def limits_for(
+    provider: str, *, test_mode: bool = False, per_second: float | None = None,
+    concurrency: int | None = None,
+) -> Limits:
+    """Default limits of a provider with configured overrides; raises ConfigurationError."""
+    if provider not in DEFAULTS:
+        raise ConfigurationError(f"no rate limits known for provider {provider!r}")
+    live, test, per_minute, cap = DEFAULTS[provider]
+    return Limits(
+        per_second=per_second if per_second is not None else (test if test_mode else live),
+        burst=0,
+        per_minute=per_minute,
+        concurrency=concurrency if concurrency is not None else cap,
+    )
+
+
+# --- state ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BucketState:
+    """Shared state of one (provider, account): per-window TAT, pause, epoch and leases.
+
+    ``tat`` maps a window key to (theoretical arrival time, reset horizon), the horizon
+    being ``(burst + 1) * interval``, which ``pause`` needs without knowing the limits.
+    ``epoch`` changes on every pause so that reservations made before it are redone.
+    """
+
+    tat: dict[str, tuple[float, float]] = field(default_factory=dict)
+    paused_until: float = 0.0
+    epoch: int = 0
+    leases: dict[str, float] = field(default_factory=dict)
+
+
+def state_to_json(state: BucketState) -> str:
+    """The JSON kept in rate_limit_buckets.state (paused_until has its own column)."""
+    return json.dumps({"tat": state.tat, "epoch": state.epoch, "leases": state.leases})
+
+
+def state_from_json(text: str | None, paused_until: float = 0.0) -> BucketState:
+    """Parse what state_to_json wrote; empty or missing means a fresh bucket."""
+    raw: dict[str, Any] = json.loads(text) if text else {}
+    tat = {str(k): (float(v[0]), float(v[1])) for k, v in raw.get("tat", {}).items()}
+    leases = {str(k): float(v) for k, v in raw.get("leases", {}).items()}
+    return BucketState(tat, float(paused_until), int(raw.get("epoch", 0)), leases)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What ``reserve`` decided: a send time, no free slot, or a wait too long."""
+
+    kind: str  # "granted", "no_slot" or "too_long"
+    at: float = 0.0
+    wait_s: float = 0.0
+    epoch: int = 0
+    tokens: float = 0.0
+
+
+def _live_leases(state: BucketState, now: float) -> dict[str, float]:
+    return {lease: expiry for lease, expiry in state.leases.items() if expiry > now}
+
+
+def reserve(
+    state: BucketState, *, now: float, limits: Limits, margin_s: float, max_wait_s: float,
+    lease: str | None = None, lease_ttl_s: float = LEASE_TTL_S,
+) -> tuple[BucketState, Decision]:
+    """Reserve the next send time (and a concurrency slot when ``lease`` is given)."""
+    leases = _live_leases(state, now)
+    if lease is not None and lease not in leases and len(leases) >= (limits.concurrency or 0):
+        return replace(state, leases=leases), Decision("no_slot")
+    spans = [(w, w.interval_s(margin_s)) for w in windows(limits)]
+    at = max(now, state.paused_until)
+    for w, interval in spans:
+        tat, _ = state.tat.get(w.key, (0.0, 0.0))
+        at = max(at, tat - w.burst * interval)
+    if at - now > max_wait_s:
+        return replace(state, leases=leases), Decision("too_long", at=at, wait_s=at - now)
+    tat_after = dict(state.tat)
+    tokens = math.inf
+    for w, interval in spans:
+        new_tat = max(state.tat.get(w.key, (0.0, 0.0))[0], at) + interval
+        tat_after[w.key] = (new_tat, (w.burst + 1) * interval)
+        tokens = min(tokens, max(0.0, (now + (w.burst + 1) * interval - new_tat) / interval))
+    if lease is not None:
+        leases[lease] = at + lease_ttl_s
+    new_state = replace(state, tat=tat_after, leases=leases)
+    return new_state, Decision("granted", at=at, wait_s=at - now, epoch=state.epoch, tokens=tokens)
+
+
+def release(state: BucketState, *, lease: str) -> tuple[BucketState, None]:
+    """Give a concurrency slot back."""
+    leases = {k: v for k, v in state.leases.items() if k != lease}
+    return replace(state, leases=leases), None
+
+
+def renew(state: BucketState, *, now: float, lease: str, lease_ttl_s: float) -> tuple[BucketState, bool]:
+    """Extend a held lease; False when it had already expired (and was lost)."""
+    if state.leases.get(lease, -math.inf) <= now:
+        return state, False
+    return replace(state, leases={**state.leases, lease: now + lease_ttl_s}), True
+
+
+def pause(state: BucketState, *, now: float, retry_after_s: float) -> tuple[BucketState, None]:
+    """A 429: no grant before now + retry_after_s; reservations made before are redone.
+
+    Outstanding reservations are voided by the new epoch, so the TAT is pulled back to
+    what the sends that really happened (all at or before ``now``) can have left:
+    a conforming send at s leaves TAT <= s + (burst + 1) * interval.
+    """
+    until = max(state.paused_until, now + max(0.0, retry_after_s))
+    tat = {k: (min(tat, now + horizon), horizon) for k, (tat, horizon) in state.tat.items()}
+    return replace(state, tat=tat, paused_until=until, epoch=state.epoch + 1), None
+
+
+# --- stores -----------------------------------------------------------------------------
+
+
+class BucketStore(Protocol):
+    """Atomic read-modify-write of one (provider, account) bucket, shared by processes."""
+
+    async def update(
+        self, provider: str, account: str, change: Callable[[BucketState], tuple[BucketState, T]]
+    ) -> T:
+        """Apply ``change`` to the current state atomically and return its result."""
+        ...
+
+    async def read(self, provider: str, account: str) -> BucketState:
+        """The current state, without locking."""
+        ...
+
+
+class MemoryBucketStore:
+    """One process's buckets in a dict (atomic because ``change`` never awaits)."""
+
+    def __init__(self) -> None:
+        self._states: dict[tuple[str, str], BucketState] = {}
+
+    async def update(
+        self, provider: str, account: str, change: Callable[[BucketState], tuple[BucketState, T]]
+    ) -> T:
+        key = (provider, account)
+        new_state, result = change(self._states.get(key, BucketState()))
+        self._states[key] = new_state
+        return result
+
+    async def read(self, provider: str, account: str) -> BucketState:
+        return self._states.get((provider, account), BucketState())
+
+
+class LimiterObserver(Protocol):
+    """Where the limiter reports for metrics; labels are the provider only."""
+
+    def waited(self, provider: str, seconds: float) -> None: ...
+
+    def tokens_available(self, provider: str, tokens: float) -> None: ...
+
+    def throttled(self, provider: str) -> None: ...
+
+
+# --- the limiter ------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """Gate for every provider call: a spaced send time plus a concurrency slot per account."""
+
+    def __init__(
+        self, store: BucketStore, *, clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        observer: LimiterObserver | None = None, margin_s: float = DEFAULT_MARGIN_S,
+        lease_ttl_s: float = LEASE_TTL_S, slot_poll_s: float = SLOT_POLL_S,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._sleep = sleep
+        self._observer = observer
+        self._margin_s = margin_s
+        self._lease_ttl_s = lease_ttl_s
+        self._slot_poll_s = slot_poll_s
+
+    @contextlib.asynccontextmanager
+    async def acquire(
+        self, provider: str, account: str, limits: Limits, *, max_wait_s: float
+    ) -> AsyncIterator[None]:
+        """Wait for a send time and a slot; RateLimitError at once if that takes over max_wait_s.
+
+        The slot is released on exit, also when the body raises or is cancelled.
+        """
+        lease = uuid.uuid4().hex if limits.concurrency is not None else None
+        try:
+            await self._grant(provider, account, limits, lease, max_wait_s)
+        except BaseException:
+            if lease is not None:
+                await self._release(provider, account, lease)
+            raise
+        if lease is None:
+            yield
+            return
+        renewer = asyncio.ensure_future(self._keep_lease(provider, account, lease))
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            await self._release(provider, account, lease)
+
+    async def penalize(self, provider: str, account: str, retry_after_s: float) -> None:
+        """A 429 from the provider: pause this account in every process for retry_after_s."""
+        now = self._clock()
+        await self._store.update(
+            provider, account, lambda state: pause(state, now=now, retry_after_s=retry_after_s)
+        )
+        if self._observer is not None:
+            self._observer.throttled(provider)
+
+    async def _grant(
+        self, provider: str, account: str, limits: Limits, lease: str | None, max_wait_s: float
+    ) -> None:
+        start = self._clock()
+        deadline = start + max_wait_s
+
+        def change(state: BucketState) -> tuple[BucketState, Decision]:
+            now = self._clock()
+            return reserve(state, now=now, limits=limits, margin_s=self._margin_s,
+                           max_wait_s=deadline - now, lease=lease, lease_ttl_s=self._lease_ttl_s)
+
+        while True:
+            decision = await self._store.update(provider, account, change)
+            if decision.kind == "no_slot":
+                await self._wait_for_slot(provider, limits, deadline)
+            elif decision.kind == "too_long":
+                raise RateLimitError(
+                    f"{provider} rate limit: next send in {decision.wait_s:.3f}s, over the"
+                    f" {max_wait_s:.3f}s bound", retry_after_s=decision.wait_s,
+                )
+            elif await self._still_good(provider, account, decision):
+                break
+        if self._observer is not None:
+            self._observer.waited(provider, max(0.0, self._clock() - start))
+            self._observer.tokens_available(provider, decision.tokens)
+
+    async def _wait_for_slot(self, provider: str, limits: Limits, deadline: float) -> None:
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            raise RateLimitError(
+                f"{provider}: all {limits.concurrency} concurrent slots of the account are busy",
+                retry_after_s=max(1.0, self._slot_poll_s),
+            )
+        await self._sleep(min(self._slot_poll_s, remaining))
+
+    async def _still_good(self, provider: str, account: str, decision: Decision) -> bool:
+        """After sleeping to the slot: False when woken too late or a 429 voided it."""
+        delay = decision.at - self._clock()
+        if delay > 0:
+            await self._sleep(delay)
+        if decision.wait_s > 0:
+            state = await self._store.read(provider, account)
+            if state.epoch != decision.epoch:
+                return False
+        return self._clock() - decision.at <= LATE_TOLERANCE_S
+
+    async def _keep_lease(self, provider: str, account: str, lease: str) -> None:
+        """Renew a held slot so that only a dead holder's lease runs out."""
+        def change(state: BucketState) -> tuple[BucketState, bool]:
+            return renew(state, now=self._clock(), lease=lease, lease_ttl_s=self._lease_ttl_s)
+
+        while True:
+            await self._sleep(self._lease_ttl_s / 3)
+            try:
+                if not await self._store.update(provider, account, change):
+                    return
+            except IntegrationError:
+                continue  # the store is away: try again next period, the lease may still hold
+
+    async def _release(self, provider: str, account: str, lease: str) -> None:
+        """Give the slot back even if this task is being cancelled (shielded)."""
+        def change(state: BucketState) -> tuple[BucketState, None]:
+            return release(state, lease=lease)
+
+        await asyncio.shield(self._store.update(provider, account, change))
+
+
+__all__ = [
+    "BucketState", "BucketStore", "DEFAULT_MARGIN_S", "Decision", "LEASE_TTL_S", "Limits",
+    "LimiterObserver", "MemoryBucketStore", "RateLimiter", "Window", "limits_for", "pause",
+    "release", "renew", "reserve", "state_from_json", "state_to_json", "windows",
+]
