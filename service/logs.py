@@ -37,9 +37,13 @@ _SECRET_VALUE = re.compile(
 )
 # `name: value` / `name=value` / `"name": "value"` pairs inside free text.
 _SECRET_PAIR = re.compile(
-    r"(?P<name>[\w-]*(?:secret|token|password|passwd|authorization|api[_-]?key|x-api-key)[\w-]*"
+    r"(?P<name>[\w-]*(?:secret|token|password|passwd|api[_-]?key)[\w-]*"
     r"[\"']?\s*[:=]\s*[\"']?)(?P<value>(?:(?i:bearer|basic)\s+)?[^\s\"'&,;}]+)",
     re.IGNORECASE,
+)
+# An Authorization header written as text: the whole value, whatever its scheme.
+_AUTH_HEADER = re.compile(
+    r"(?P<name>\bauthorization[\"']?\s*[:=]\s*[\"']?)(?P<value>[^\"'\r\n,;}]+)", re.IGNORECASE
 )
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@")
 
@@ -50,6 +54,7 @@ _CHATTY_LIBRARIES = ("aio_pika", "aiormq", "asyncpg", "botocore", "boto3", "urll
 def redact_text(text: str) -> str:
     """Mask secret-shaped substrings, `name=value` secrets and URL passwords in one string."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    text = _AUTH_HEADER.sub(lambda m: m["name"] + REDACTED, text)
     text = _SECRET_VALUE.sub(REDACTED, text)
     return _SECRET_PAIR.sub(lambda m: m["name"] + REDACTED, text)
 
