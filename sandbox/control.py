@@ -58,8 +58,11 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
 
 def _account_view(account: Account) -> dict[str, Any]:
     return {
-        "provider": account.provider, "account": account.name, "api_key": account.api_key,
-        "oauth": account.oauth, "webhook_secrets": list(account.webhook_secrets),
+        "provider": account.provider,
+        "account": account.name,
+        "api_key": account.api_key,
+        "oauth": account.oauth,
+        "webhook_secrets": list(account.webhook_secrets),
     }
 
 
@@ -76,10 +79,15 @@ async def post_account(request: web.Request) -> web.Response:
     if oauth is not None and not isinstance(oauth, dict):
         return _bad("oauth must be an object")
     secret = payload.get("webhook_secret")
-    account = state.add_account(Account(
-        provider=provider, name=name, api_key=payload.get("api_key"),
-        oauth=dict(oauth) if oauth else None, webhook_secrets=[secret] if secret else [],
-    ))
+    account = state.add_account(
+        Account(
+            provider=provider,
+            name=name,
+            api_key=payload.get("api_key"),
+            oauth=dict(oauth) if oauth else None,
+            webhook_secrets=[secret] if secret else [],
+        )
+    )
     state.plugins[provider].register(account)
     return web.json_response(_account_view(account), status=201)
 
@@ -96,7 +104,8 @@ async def get_calls(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     provider, account = request.query.get("provider"), request.query.get("account")
     calls = [
-        c for c in state.calls
+        c
+        for c in state.calls
         if (provider is None or c["provider"] == provider) and (account is None or c["account"] == account)
     ]
     return web.json_response({"calls": calls})
@@ -110,7 +119,7 @@ def _parse_fault(state: SandboxState, payload: dict[str, Any]) -> Fault | str:
         return f"unknown provider: {payload.get('provider')!r}"
     status = payload.get("status")
     if status is not None and status != "timeout" and not (isinstance(status, int) and 100 <= status < 600):
-        return "status must be an HTTP status or \"timeout\""
+        return 'status must be an HTTP status or "timeout"'
     rate = payload.get("rate", 1.0)
     if not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
         return "rate must be between 0 and 1"
@@ -121,9 +130,13 @@ def _parse_fault(state: SandboxState, payload: dict[str, Any]) -> Fault | str:
     if not isinstance(latency, int | float) or latency < 0:
         return "latency_ms must be a non-negative number"
     return Fault(
-        provider=payload["provider"], account=payload.get("account"),
-        path_prefix=payload.get("path_prefix"), status=status, latency_ms=float(latency),
-        rate=float(rate), count=count,
+        provider=payload["provider"],
+        account=payload.get("account"),
+        path_prefix=payload.get("path_prefix"),
+        status=status,
+        latency_ms=float(latency),
+        rate=float(rate),
+        count=count,
     )
 
 

@@ -35,6 +35,12 @@ from aiohttp import web
 
 TIMEOUT_HOLD_S = 60.0  # CONTRACT section 7: a "timeout" fault holds the connection this long
 
+# aiohttp warns once per plain string key stored on a request; the plug-in interface
+# (sandbox/INTERFACE.md) fixes the string keys "account" and "body", so mark them as known.
+_SEEN_KEYS = getattr(web.BaseRequest, "_seen_str_keys", None)
+if isinstance(_SEEN_KEYS, set):
+    _SEEN_KEYS.update({"account", "body"})
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -89,9 +95,14 @@ class Fault:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "provider": self.provider, "account": self.account, "path_prefix": self.path_prefix,
-            "status": self.status, "latency_ms": self.latency_ms, "rate": self.rate,
-            "count": self.count, "fired": self.fired,
+            "provider": self.provider,
+            "account": self.account,
+            "path_prefix": self.path_prefix,
+            "status": self.status,
+            "latency_ms": self.latency_ms,
+            "rate": self.rate,
+            "count": self.count,
+            "fired": self.fired,
         }
 
 
@@ -158,7 +169,9 @@ class SandboxState:
     """All in-memory state of one sandbox: accounts, tokens, faults, calls, plugins."""
 
     def __init__(
-        self, *, token_ttl_seconds: float | None = None,
+        self,
+        *,
+        token_ttl_seconds: float | None = None,
         clients: dict[str, tuple[str | None, str | None]] | None = None,
         app_keys: dict[str, str | None] | None = None,
         timeout_hold_s: float = TIMEOUT_HOLD_S,
@@ -224,7 +237,12 @@ class SandboxState:
     # Tokens --------------------------------------------------------------------------
 
     def issue_token(
-        self, account: Account, *, kind: str = "access", ttl_s: float | None, prefix: str = "",
+        self,
+        account: Account,
+        *,
+        kind: str = "access",
+        ttl_s: float | None,
+        prefix: str = "",
     ) -> str:
         """A fresh random token for ``account``; ``ttl_s`` None never expires."""
         token = prefix + secrets.token_urlsafe(24)
@@ -270,9 +288,7 @@ class SandboxState:
         """The faults that fire for this call (each counted as fired)."""
         fired = []
         for fault in self.faults:
-            if fault.matches(provider, account, path) and (
-                fault.rate >= 1.0 or random.random() < fault.rate
-            ):
+            if fault.matches(provider, account, path) and (fault.rate >= 1.0 or random.random() < fault.rate):
                 fault.fired += 1
                 fired.append(fault)
         return fired
@@ -291,8 +307,13 @@ def make_middleware(state: SandboxState) -> Any:
         if plugin is None:
             return await handler(request)
         entry: dict[str, Any] = {
-            "provider": plugin.name, "account": None, "method": request.method,
-            "path": path[len(plugin.name) + 1:], "idempotency_key": None, "status": None, "fault": None,
+            "provider": plugin.name,
+            "account": None,
+            "method": request.method,
+            "path": path[len(plugin.name) + 1 :],
+            "idempotency_key": None,
+            "status": None,
+            "fault": None,
             "at": round(state.clock(), 6),
         }
         state.calls.append(entry)
@@ -307,7 +328,10 @@ def make_middleware(state: SandboxState) -> Any:
 
 
 async def _dispatch(
-    state: SandboxState, plugin: ProviderPlugin, request: web.Request, handler: Handler,
+    state: SandboxState,
+    plugin: ProviderPlugin,
+    request: web.Request,
+    handler: Handler,
     entry: dict[str, Any],
 ) -> web.StreamResponse:
     public = plugin.is_public(request)
@@ -336,8 +360,12 @@ async def _dispatch(
 
 
 async def _limited(
-    state: SandboxState, plugin: ProviderPlugin, request: web.Request, handler: Handler,
-    account: Account | None, entry: dict[str, Any],
+    state: SandboxState,
+    plugin: ProviderPlugin,
+    request: web.Request,
+    handler: Handler,
+    account: Account | None,
+    entry: dict[str, Any],
 ) -> web.StreamResponse:
     if account is None:
         response = await _run(plugin, request, handler)

@@ -18,14 +18,17 @@ CLIENT_MAX_SIZE = 16 * 1024 * 1024  # Mailchimp batches of 500 members can be la
 
 
 def create_app(
-    *, token_ttl_seconds: float | None = None, square_webhook_signature_key: str | None = None,
+    *,
+    token_ttl_seconds: float | None = None,
+    square_webhook_signature_key: str | None = None,
     quickbooks_webhook_verifier_token: str | None = None,
     clients: dict[str, tuple[str | None, str | None]] | None = None,
     timeout_hold_s: float = TIMEOUT_HOLD_S,
 ) -> web.Application:
     """The sandbox app; ``clients`` maps provider -> (client_id, client_secret) for OAuth."""
     state = SandboxState(
-        token_ttl_seconds=token_ttl_seconds, clients=clients,
+        token_ttl_seconds=token_ttl_seconds,
+        clients=clients,
         app_keys={
             "square_webhook_signature_key": square_webhook_signature_key,
             "quickbooks_webhook_verifier_token": quickbooks_webhook_verifier_token,
@@ -50,6 +53,10 @@ def create_app(
 def serve(*, host: str, port: int, **options: Any) -> None:
     """Run the sandbox until interrupted (blocking); ``options`` go to :func:`create_app`."""
     web.run_app(
-        create_app(**options), host=host, port=port, access_log=None, print=None,
+        create_app(**options),
+        host=host,
+        port=port,
+        access_log=None,
+        print=None,
         shutdown_timeout=2.0,
     )
