@@ -219,3 +219,28 @@ def sandbox_server() -> Iterator[SandboxServer]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
+
+
+# aioresponses 0.7.9 (the newest) predates aiohttp 3.14's required ``stream_writer`` argument
+# of ClientResponse; give its mocked responses a finished, empty writer so it works unchanged.
+def _patch_aioresponses_for_aiohttp_314() -> None:
+    import inspect
+
+    import aiohttp
+    import aioresponses.core
+
+    if "stream_writer" not in inspect.signature(aiohttp.ClientResponse.__init__).parameters:
+        return
+
+    class _FinishedWriter:
+        output_size = 0
+
+    class _CompatResponse(aiohttp.ClientResponse):
+        def __init__(self, method: str, url: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("stream_writer", _FinishedWriter())
+            super().__init__(method, url, **kwargs)
+
+    aioresponses.core.ClientResponse = _CompatResponse  # type: ignore[misc]
+
+
+_patch_aioresponses_for_aiohttp_314()
