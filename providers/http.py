@@ -1,0 +1,372 @@
+"""The one HTTP helper every provider client calls (and the Stripe SDK's HTTP client wraps).
+
+For each request, in this order: the venue's auth headers (which may refresh an OAuth token
+first, *outside* the limiter so a refresh never waits behind calls that wait on it); one
+rate-limiter token keyed ``(provider, account)``; the request on the caller's shared
+``aiohttp.ClientSession`` with the provider's own ``ClientTimeout``; metrics; then the answer
+is mapped to ``service.errors``:
+
+    2xx                  the reply (JSON checked when asked: garbage -> ProviderError)
+    401                  AuthenticationError, after one refresh + retry for OAuth
+    403                  AuthorizationError
+    400 / 404 / 422      ValidationError or DataError, as the provider's error hook says
+    409                  the provider's hook; default ProviderError, retryable
+    429                  RateLimitError(retry_after_s) + limiter.penalize
+    5xx                  ProviderError(status), retryable
+    aiohttp / timeout    NetworkError
+
+It never retries by itself (the engine schedules retries); the one exception is the single
+retry after an OAuth refresh that CONTRACT section 5 asks for. Provider quirks (how to read
+an error body) come in through :class:`ProviderSpec`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol, runtime_checkable
+
+import aiohttp
+import structlog
+
+from providers.base import VenueAuth
+from service.config import Settings
+from service.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    DataError,
+    IntegrationError,
+    NetworkError,
+    ProviderError,
+    RateLimitError,
+    ValidationError,
+)
+from service.metrics import Metrics, status_class
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_MAX_WAIT_S = 10.0  # longer limiter waits become RateLimitError: the engine reschedules
+TIMEOUTS: dict[str, aiohttp.ClientTimeout] = {
+    # QuickBooks times requests out itself after 120 s; the others answer well within 30 s.
+    "stripe": aiohttp.ClientTimeout(total=30, connect=5, sock_read=25),
+    "square": aiohttp.ClientTimeout(total=30, connect=5, sock_read=25),
+    "quickbooks": aiohttp.ClientTimeout(total=60, connect=5, sock_read=55),
+    "mailchimp": aiohttp.ClientTimeout(total=60, connect=5, sock_read=55),
+}
+OAUTH_TIMEOUT = aiohttp.ClientTimeout(total=20, connect=5)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    """A provider's answer: status, headers and the raw body."""
+
+    provider: str
+    operation: str
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON (None for an empty body); garbage raises ProviderError."""
+        if not self.body.strip():
+            return None
+        try:
+            return json.loads(self.body)
+        except (UnicodeDecodeError, ValueError):
+            raise self.garbage(f"body is not JSON ({describe_body(self.body, self.headers)})") from None
+
+    def json_object(self) -> dict[str, Any]:
+        """The body as a JSON object; anything else raises ProviderError."""
+        value = self.json()
+        if not isinstance(value, dict):
+            raise self.garbage(f"expected a JSON object, got {type(value).__name__}")
+        return value
+
+    def garbage(self, what: str) -> ProviderError:
+        """A one-line ProviderError for an answer we cannot use (retryable: often a proxy glitch)."""
+        return ProviderError(f"{self.provider} {self.operation}: HTTP {self.status}: {what}",
+                             status=self.status, retryable=True)
+
+
+# error_hook(status, parsed body or None) -> (error class to use or None for the default, message)
+ErrorHook = Callable[[int, Any], tuple[type[IntegrationError] | None, str | None]]
+
+
+def _no_hook(status: int, body: Any) -> tuple[type[IntegrationError] | None, str | None]:
+    return None, None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """One provider's quirks for the helper: its timeout and how to read its error bodies."""
+
+    name: str
+    timeout: aiohttp.ClientTimeout
+    error_hook: ErrorHook = _no_hook
+    default_retry_after_s: float = 1.0  # how long to back the limiter off after a bare 429
+    headers: Mapping[str, str] = field(default_factory=dict)  # sent on every call (API version)
+
+
+def spec_for(name: str, *, error_hook: ErrorHook = _no_hook, default_retry_after_s: float = 1.0,
+             headers: Mapping[str, str] | None = None) -> ProviderSpec:
+    """A ProviderSpec with the provider's standard timeout."""
+    return ProviderSpec(name=name, timeout=TIMEOUTS[name], error_hook=error_hook,
+                        default_retry_after_s=default_retry_after_s, headers=dict(headers or {}))
+
+
+class RateGate(Protocol):
+    """What the helper needs of service.limiter.RateLimiter."""
+
+    def acquire(self, provider: str, account: str, limits: Any, *,
+                max_wait_s: float) -> AbstractAsyncContextManager[Any]: ...
+
+    def penalize(self, provider: str, account: str, retry_after_s: float) -> Any: ...
+
+
+@runtime_checkable
+class ReportsUse(Protocol):
+    """Optional VenueAuth extras (providers/auth.py has them): valid/invalid bookkeeping."""
+
+    async def record_success(self) -> None: ...
+
+    async def record_auth_failure(self, message: str) -> None: ...
+
+
+LimitsFor = Callable[..., Any]
+
+
+def _default_limits_for() -> LimitsFor:
+    from service.limiter import limits_for  # imported late: the limiter lands in parallel
+
+    return limits_for
+
+
+class ProviderHttp:
+    """The shared helper: limiter token, timeout, metrics, status and exception mapping."""
+
+    def __init__(self, session: aiohttp.ClientSession, *, limiter: RateGate, settings: Settings,
+                 metrics: Metrics | None = None, max_wait_s: float = DEFAULT_MAX_WAIT_S,
+                 limits_for: LimitsFor | None = None) -> None:
+        self.session = session
+        self.limiter = limiter
+        self.settings = settings
+        self.metrics = metrics
+        self.max_wait_s = max_wait_s
+        self._limits_for = limits_for
+        self._limits: dict[tuple[str, bool], Any] = {}
+
+    def limits(self, provider: str, *, test_mode: bool) -> Any:
+        """The provider's limits, with the RATE_LIMIT_* overrides (cached)."""
+        key = (provider, test_mode)
+        if key not in self._limits:
+            if self._limits_for is None:
+                self._limits_for = _default_limits_for()
+            per_second, concurrency = self.settings.rate_override(provider)
+            self._limits[key] = self._limits_for(
+                provider, test_mode=test_mode, per_second=per_second, concurrency=concurrency)
+        return self._limits[key]
+
+    async def request(
+        self, spec: ProviderSpec, auth: VenueAuth, method: str, url: str, *, operation: str,
+        params: Mapping[str, Any] | None = None, json_body: Any = None, data: Any = None,
+        headers: Mapping[str, str] | None = None, sign: bool = True,
+    ) -> HttpReply:
+        """One call; returns a 2xx reply or raises IntegrationError (see module docstring).
+
+        ``sign=False`` when the caller already put the credential in ``headers`` (the Stripe
+        SDK does). A 401 on a refreshable credential refreshes once and retries once."""
+        reply = await self._attempt(spec, auth, method, url, operation, params, json_body, data,
+                                    headers, sign)
+        if reply.status == 401 and await auth.on_unauthorized():
+            reply = await self._attempt(spec, auth, method, url, operation, params, json_body,
+                                        data, headers, sign)
+        error = self.error_for(spec, reply)
+        if error is not None:
+            await self._after_error(spec, auth, error)
+            raise error
+        if isinstance(auth, ReportsUse):
+            await auth.record_success()
+        return reply
+
+    async def request_json(self, spec: ProviderSpec, auth: VenueAuth, method: str, url: str, *,
+                           operation: str, **kwargs: Any) -> Any:
+        """Like :meth:`request`, returning the parsed JSON body (None when empty)."""
+        reply = await self.request(spec, auth, method, url, operation=operation, **kwargs)
+        return reply.json()
+
+    async def _attempt(
+        self, spec: ProviderSpec, auth: VenueAuth, method: str, url: str, operation: str,
+        params: Mapping[str, Any] | None, json_body: Any, data: Any,
+        headers: Mapping[str, str] | None, sign: bool,
+    ) -> HttpReply:
+        merged = dict(spec.headers)
+        if sign:
+            merged.update(await auth.headers())  # before the gate: a refresh must not hold a slot
+        merged.update(headers or {})
+        limits = self.limits(spec.name, test_mode=auth.test_mode)
+        async with self.limiter.acquire(spec.name, auth.account_id, limits, max_wait_s=self.max_wait_s):
+            return await self.send(spec, method, url, operation=operation, params=params,
+                                   json_body=json_body, data=data, headers=merged)
+
+    async def send(
+        self, spec: ProviderSpec, method: str, url: str, *, operation: str,
+        params: Mapping[str, Any] | None = None, json_body: Any = None, data: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> HttpReply:
+        """The bare call inside the limiter gate (see :func:`send_request`)."""
+        return await send_request(self.session, spec, method, url, operation=operation,
+                                  metrics=self.metrics, params=params, json_body=json_body,
+                                  data=data, headers=headers)
+
+    def error_for(self, spec: ProviderSpec, reply: HttpReply) -> IntegrationError | None:
+        """The error a reply means, or None for a success."""
+        return map_status(spec, reply, max_retry_after_s=self.settings.retry_max_delay_seconds)
+
+    async def penalize(self, spec: ProviderSpec, account: str, error: RateLimitError) -> None:
+        """Tell the limiter the provider pushed back, so every process slows down for this account."""
+        wait_s = error.retry_after_s if error.retry_after_s is not None else spec.default_retry_after_s
+        outcome = self.limiter.penalize(spec.name, account, wait_s)
+        if inspect.isawaitable(outcome):
+            await outcome
+
+    async def _after_error(self, spec: ProviderSpec, auth: VenueAuth, error: IntegrationError) -> None:
+        if isinstance(error, RateLimitError):
+            await self.penalize(spec, auth.account_id, error)
+        if isinstance(error, AuthenticationError) and isinstance(auth, ReportsUse):
+            await auth.record_auth_failure(error.message)
+
+
+async def send_request(
+    session: aiohttp.ClientSession, spec: ProviderSpec, method: str, url: str, *, operation: str,
+    metrics: Metrics | None, params: Mapping[str, Any] | None = None, json_body: Any = None,
+    data: Any = None, headers: Mapping[str, str] | None = None,
+    timeout: aiohttp.ClientTimeout | None = None,
+) -> HttpReply:
+    """One bare request: timeout, metrics, exception mapping; no limiter, no status mapping.
+
+    Raises NetworkError for connection failures and timeouts. providers/oauth.py calls it
+    directly for token endpoints (OAuth servers are not the rate-limited API)."""
+    started = time.monotonic()
+    status: int | None = None
+    try:
+        async with session.request(
+            method, url, params=params, json=json_body, data=data, headers=headers,
+            timeout=timeout or spec.timeout, allow_redirects=False,
+        ) as response:
+            body = await response.read()
+            status = response.status
+            return HttpReply(spec.name, operation, status, response.headers, body)
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise NetworkError(f"{spec.name} {operation}: {describe_network_error(exc)}") from exc
+    finally:
+        _observe(metrics, spec.name, operation, status, time.monotonic() - started)
+
+
+def _observe(metrics: Metrics | None, provider: str, operation: str, status: int | None,
+             duration_s: float) -> None:
+    if metrics is not None:
+        metrics.provider_calls.labels(
+            provider=provider, operation=operation, status_class=status_class(status)).inc()
+        metrics.provider_call_duration.labels(provider=provider, operation=operation).observe(duration_s)
+        if status == 429:
+            metrics.rate_limited.labels(provider=provider).inc()
+    log.debug("provider_call", provider=provider, operation=operation, status=status,
+              duration_s=round(duration_s, 4))
+
+
+def map_status(spec: ProviderSpec, reply: HttpReply, *, max_retry_after_s: float) -> IntegrationError | None:
+    """Pure status -> error mapping for one reply (None for 2xx)."""
+    status = reply.status
+    if 200 <= status < 300:
+        return None
+    body = _try_json(reply.body)
+    override, detail = spec.error_hook(status, body)
+    prefix = f"{spec.name} {reply.operation}: HTTP {status}"
+    message = f"{prefix}: {detail}" if detail else f"{prefix}: {describe_body(reply.body, reply.headers)}"
+    cls = override or _default_class(status)
+    if cls is RateLimitError:
+        return RateLimitError(message, retry_after_s=parse_retry_after(
+            reply.headers.get("Retry-After"), cap_s=max_retry_after_s), status=status)
+    if cls is ProviderError:
+        return ProviderError(message, status=status, retryable=status >= 500 or status in (409, 408))
+    return cls(message, status=status)
+
+
+def _default_class(status: int) -> type[IntegrationError]:
+    if status == 401:
+        return AuthenticationError
+    if status == 403:
+        return AuthorizationError
+    if status == 429:
+        return RateLimitError
+    if status in (404, 410):
+        return DataError
+    if status >= 500 or status in (409, 408) or status < 400:
+        return ProviderError
+    return ValidationError  # 400, 422 and the other 4xx: the request itself is wrong
+
+
+def _try_json(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body.strip() else None
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def parse_retry_after(value: str | None, *, cap_s: float, now: datetime | None = None) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date), capped; None when absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), cap_s)
+
+
+def describe_body(body: bytes, headers: Mapping[str, str]) -> str:
+    """A short, one-line, secret-free description of a body we could not use."""
+    kind = headers.get("Content-Type", "no content type").split(";")[0].strip()
+    if not body.strip():
+        return f"empty body ({kind})"
+    start = body.lstrip()[:1]
+    if start == b"<":
+        return f"an HTML/XML page ({kind}, {len(body)} bytes)"
+    if start in (b"{", b"["):
+        return f"truncated or malformed JSON ({kind}, {len(body)} bytes)"
+    return f"unreadable body ({kind}, {len(body)} bytes)"
+
+
+def describe_network_error(exc: BaseException) -> str:
+    """One line naming a connection failure, without URLs or headers."""
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect ({exc.os_error.__class__.__name__})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server disconnected"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "response body cut short"
+    return exc.__class__.__name__
+
+
+def require(value: Any, key: str, kind: type, *, reply: HttpReply) -> Any:
+    """``value[key]`` checked to be of ``kind``; a wrong shape raises ProviderError."""
+    if not isinstance(value, dict) or not isinstance(value.get(key), kind):
+        raise reply.garbage(f"response has no {kind.__name__} {key!r}")
+    return value[key]
