@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS sync_jobs (
     reply_to        text,
     correlation_id  text,
     result          jsonb,           -- the published job result, replayed to reply_to on a repeat
+    progress        jsonb,           -- the pull page in flight, so a crash re-reads at most one page
+    last_error      text,
     created_at      timestamptz NOT NULL DEFAULT now(),
     started_at      timestamptz,
     finished_at     timestamptz,
@@ -165,11 +167,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     message_id      text NOT NULL UNIQUE,
     correlation_id  text,
     headers         jsonb NOT NULL DEFAULT '{}'::jsonb,
-    body            jsonb NOT NULL,
+    reply_to        text,
+    body            bytea NOT NULL,  -- the exact bytes to publish (a retry republishes the original)
     created_at      timestamptz NOT NULL DEFAULT now(),
+    -- available_at in the future makes a row a scheduled retry: the relay republishes it when
+    -- due, so a delivery is never held unacknowledged while it waits.
+    available_at    timestamptz NOT NULL DEFAULT now(),
     published_at    timestamptz
 );
-CREATE INDEX IF NOT EXISTS outbox_pending_idx ON outbox (id) WHERE published_at IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_due_idx ON outbox (available_at, id) WHERE published_at IS NULL;
 
 -- Dead letters: stored before they are published to integration.dead and before the
 -- original is acknowledged (CONTRACT section 3).

@@ -5,8 +5,12 @@ The only module that knows every other one; nothing imports it but the CLI.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
@@ -74,3 +78,236 @@ async def refresh_now(settings: Settings, vault: Vault, info: CredentialInfo) ->
         log.warning("oauth_refresh_unavailable", provider=info.provider)
         return info
     return await refresh_credential(settings, vault, info.venue_id, info.provider, force=True)
+
+
+# The daemon ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class App:
+    """Everything a daemon or ingress process holds, opened in order, closed in reverse."""
+
+    settings: Settings
+    pool: Any
+    vault: Vault
+    metrics: Any
+    http: Any
+    clients: dict[str, Any]
+    auth: Any
+    connection: Any
+    publisher: Any
+    relay: Any
+
+
+def build_clients(settings: Settings, http: Any) -> dict[str, Any]:
+    """One client per provider, from the providers registry."""
+    from providers import build_clients as registry_build
+
+    return registry_build(settings=settings, http=http)
+
+
+@asynccontextmanager
+async def open_app(settings: Settings, *, component: str, pool_size: int = 20) -> AsyncIterator[App]:
+    """Open pool, vault, limiter, HTTP session, provider clients and the AMQP publisher."""
+    import aio_pika
+    import aiohttp
+
+    from consumers.publishers import AmqpPublisher, OutboxRelay
+    from consumers.topology import declare_topology
+    from providers.auth import AuthFactory
+    from providers.http import ProviderHttp
+    from service.database import create_pool
+    from service.database.ratelimit import PostgresBucketStore
+    from service.limiter import RateLimiter
+    from service.metrics import Metrics, MetricsLimiterObserver
+
+    async with AsyncExitStack() as stack:
+        metrics = Metrics(process_collectors=True)
+        metrics.set_build_info(component)
+        pool = await create_pool(settings.database_url.get_secret_value(), min_size=2, max_size=pool_size)
+        stack.push_async_callback(pool.close)
+        vault = Vault(pool, key_provider_from_settings(settings))
+        limiter = RateLimiter(PostgresBucketStore(pool), observer=MetricsLimiterObserver(metrics))
+        session = aiohttp.ClientSession()
+        stack.push_async_callback(session.close)
+        http = ProviderHttp(session, limiter=limiter, settings=settings, metrics=metrics)
+        clients = build_clients(settings, http)
+        auth = AuthFactory(vault, refresher=_refresher(settings, vault, pool, http, metrics))
+        async with amqp_errors(settings):
+            connection = await aio_pika.connect_robust(
+                settings.amqp_url.get_secret_value(),
+                timeout=15,
+                client_properties={"connection_name": f"integration-service {component}"},
+            )
+        stack.push_async_callback(connection.close)
+        channel = await connection.channel(publisher_confirms=True)
+        await declare_topology(channel)
+        publisher = AmqpPublisher(channel)
+        relay = OutboxRelay(pool, publisher)
+        yield App(settings, pool, vault, metrics, http, clients, auth, connection, publisher, relay)
+
+
+def _refresher(settings: Settings, vault: Vault, pool: Any, http: Any, metrics: Any) -> Any:
+    try:
+        from providers.oauth import Refresher
+    except ImportError:
+        return None
+    return Refresher(settings=settings, vault=vault, pool=pool, http=http, metrics=metrics)
+
+
+def build_engine(app: App) -> tuple[Any, Any]:
+    """The sync engine and the webhook processor over an open App."""
+    from consumers.publishers import MessageRoutes
+    from service.engine import Engine, EngineDeps
+    from service.webhook_processing import WebhookProcessor
+
+    deps = EngineDeps(
+        settings=app.settings,
+        pool=app.pool,
+        clients=app.clients,
+        auth_for=app.auth.for_venue,
+        routes=MessageRoutes(),
+        metrics=app.metrics,
+    )
+    engine = Engine(deps)
+    return engine, WebhookProcessor(deps, engine)
+
+
+class Daemon:
+    """`integration-service run`: consumers, outbox relay, health checks, schedules, HTTP."""
+
+    def __init__(self, app: App, *, port: int, prefetch: int = 16) -> None:
+        self.app = app
+        self.port = port
+        self.prefetch = prefetch
+        self.stop = asyncio.Event()
+        self.consumers: list[Any] = []
+        self.monitor: Any = None
+
+    async def _start_consumers(self) -> None:
+        from consumers.consumer import QueueConsumer
+        from consumers.topology import SYNC_QUEUE, WEBHOOK_QUEUE
+
+        engine, webhooks = build_engine(self.app)
+        for queue, handler in ((SYNC_QUEUE, engine.handle_sync), (WEBHOOK_QUEUE, webhooks.handle)):
+            channel = await self.app.connection.channel()
+            consumer = QueueConsumer(
+                channel,
+                queue,
+                handler,
+                relay=self.app.relay,
+                metrics=self.app.metrics,
+                prefetch=self.prefetch,
+            )
+            await consumer.start()
+            self.consumers.append(consumer)
+
+    def _web_app(self) -> Any:
+        from aiohttp import web
+
+        from service.database import ping
+        from service.health import add_provider_health_route
+        from service.httpcommon import add_health_routes
+
+        async def broker() -> None:
+            if self.app.connection.is_closed:
+                raise RuntimeError("broker connection closed")
+
+        async def consumers() -> None:
+            if not self.consumers or not all(c.attached for c in self.consumers):
+                raise RuntimeError("consumers not attached")
+
+        web_app = web.Application()
+        add_health_routes(
+            web_app,
+            metrics=self.app.metrics,
+            checks={"database": lambda: ping(self.app.pool), "broker": broker, "consumers": consumers},
+        )
+        add_provider_health_route(web_app, self.monitor)
+        return web_app
+
+    async def serve(self, *, on_ready: Callable[[], None] | None = None) -> None:
+        """Run until ``stop`` is set (SIGTERM/SIGINT), then shut down gracefully."""
+        from aiohttp import web
+
+        from service.health import HealthMonitor
+
+        checks = {name: client.check_health for name, client in self.app.clients.items()}
+        self.monitor = HealthMonitor(
+            checks,
+            pool=self.app.pool,
+            metrics=self.app.metrics,
+            interval_s=self.app.settings.health_check_interval_seconds,
+        )
+        runner = web.AppRunner(self._web_app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.app.settings.http_host, self.port)
+        await site.start()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.app.relay.run(self.stop), name="outbox-relay")
+                tasks.create_task(self.monitor.run(self.stop), name="health-monitor")
+                tasks.create_task(self._housekeeping(), name="housekeeping")
+                for extra in _extra_loops():
+                    tasks.create_task(extra(self.app, self.stop), name=extra.__name__)
+                await self._start_consumers()
+                log.info("daemon_ready", port=self.port)
+                if on_ready:
+                    on_ready()
+                await self.stop.wait()
+                await self._shutdown()
+        finally:
+            await runner.cleanup()
+
+    async def _shutdown(self) -> None:
+        grace = self.app.settings.shutdown_grace_seconds
+        log.info("daemon_stopping", grace_s=grace)
+        for consumer in self.consumers:
+            await consumer.stop_consuming()
+        cancelled = sum([await c.drain(grace) for c in self.consumers])
+        await self.app.relay.relay_once()
+        log.info("daemon_stopped", handed_back=cancelled)
+
+    async def _housekeeping(self) -> None:
+        from service.database.outbox import prune_published
+        from service.webhook_processing import prune_dedupe
+
+        while not self.stop.is_set():
+            try:
+                await prune_dedupe(self.app.pool)
+                await prune_published(self.app.pool, older_than_s=24 * 3600)
+            except Exception as exc:
+                log.warning("housekeeping_failed", error=exc.__class__.__name__)
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=3600)
+            except TimeoutError:
+                pass
+
+
+def _extra_loops() -> list[Any]:
+    """Background loops other slices add (the schedule publisher)."""
+    try:
+        from service.schedules import schedule_loop
+    except ImportError:
+        return []
+    return [schedule_loop]
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def run_daemon(settings: Settings, *, port: int) -> None:
+    """The `run` command: serve until SIGTERM, then finish or hand back in-flight work."""
+    from consumers.topology import declare_on
+    from service.database import migrate_database
+
+    await migrate_database(settings.database_url.get_secret_value())
+    async with amqp_errors(settings):
+        await declare_on(settings.amqp_url.get_secret_value())
+    async with open_app(settings, component="daemon") as app:
+        daemon = Daemon(app, port=port)
+        install_signal_handlers(daemon.stop)
+        await daemon.serve()

@@ -47,70 +47,108 @@ class Metrics:
             "integration_build_info", "Build information; always 1.", ("version", "component"), registry=r
         )
         self.messages_consumed = Counter(
-            "integration_messages_consumed_total", "Messages consumed, by queue and outcome.",
-            ("queue", "outcome"), registry=r,
+            "integration_messages_consumed_total",
+            "Messages consumed, by queue and outcome.",
+            ("queue", "outcome"),
+            registry=r,
         )
         self.job_duration = Histogram(
-            "integration_job_duration_seconds", "Sync job duration.", ("provider", "entity", "status"),
-            buckets=JOB_BUCKETS, registry=r,
+            "integration_job_duration_seconds",
+            "Sync job duration.",
+            ("provider", "entity", "status"),
+            buckets=JOB_BUCKETS,
+            registry=r,
         )
         self.records_processed = Counter(
-            "integration_records_processed_total", "Records processed by sync jobs, by outcome.",
-            ("provider", "entity", "outcome"), registry=r,
+            "integration_records_processed_total",
+            "Records processed by sync jobs, by outcome.",
+            ("provider", "entity", "outcome"),
+            registry=r,
         )
         self.provider_calls = Counter(
-            "integration_provider_calls_total", "HTTP calls to providers.",
-            ("provider", "operation", "status_class"), registry=r,
+            "integration_provider_calls_total",
+            "HTTP calls to providers.",
+            ("provider", "operation", "status_class"),
+            registry=r,
         )
         self.provider_call_duration = Histogram(
-            "integration_provider_call_duration_seconds", "Provider HTTP call duration.",
-            ("provider", "operation"), buckets=LATENCY_BUCKETS, registry=r,
+            "integration_provider_call_duration_seconds",
+            "Provider HTTP call duration.",
+            ("provider", "operation"),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.limiter_wait = Histogram(
-            "integration_rate_limiter_wait_seconds", "Time spent waiting for a rate-limit token.",
-            ("provider",), buckets=LATENCY_BUCKETS, registry=r,
+            "integration_rate_limiter_wait_seconds",
+            "Time spent waiting for a rate-limit token.",
+            ("provider",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.limiter_tokens = Gauge(
-            "integration_rate_limiter_tokens_available", "Tokens left in the last bucket checked.",
-            ("provider",), registry=r,
+            "integration_rate_limiter_tokens_available",
+            "Tokens left in the last bucket checked.",
+            ("provider",),
+            registry=r,
         )
         self.rate_limited = Counter(
-            "integration_provider_rate_limited_total", "HTTP 429 answers received from providers.",
-            ("provider",), registry=r,
+            "integration_provider_rate_limited_total",
+            "HTTP 429 answers received from providers.",
+            ("provider",),
+            registry=r,
         )
         self.retries = Counter(
-            "integration_retries_total", "Retries scheduled, by provider and error category.",
-            ("provider", "category"), registry=r,
+            "integration_retries_total",
+            "Retries scheduled, by provider and error category.",
+            ("provider", "category"),
+            registry=r,
         )
         self.dead_lettered = Counter(
-            "integration_dead_lettered_total", "Messages dead-lettered, by queue and category.",
-            ("queue", "category"), registry=r,
+            "integration_dead_lettered_total",
+            "Messages dead-lettered, by queue and category.",
+            ("queue", "category"),
+            registry=r,
         )
         self.webhooks_received = Counter(
-            "integration_webhooks_received_total", "Webhook requests answered by the ingress.",
-            ("provider", "status"), registry=r,
+            "integration_webhooks_received_total",
+            "Webhook requests answered by the ingress.",
+            ("provider", "status"),
+            registry=r,
         )
         self.webhook_duplicates = Counter(
-            "integration_webhook_duplicates_total", "Webhook events seen again and skipped.",
-            ("provider",), registry=r,
+            "integration_webhook_duplicates_total",
+            "Webhook events seen again and skipped.",
+            ("provider",),
+            registry=r,
         )
         self.record_events = Counter(
-            "integration_record_events_total", "Record events published.",
-            ("provider", "entity", "op", "source"), registry=r,
+            "integration_record_events_total",
+            "Record events published.",
+            ("provider", "entity", "op", "source"),
+            registry=r,
         )
         self.credential_refreshes = Counter(
-            "integration_credential_refreshes_total", "OAuth token refreshes, by outcome.",
-            ("provider", "outcome"), registry=r,
+            "integration_credential_refreshes_total",
+            "OAuth token refreshes, by outcome.",
+            ("provider", "outcome"),
+            registry=r,
         )
         self.provider_health = Gauge(
-            "integration_provider_health_state", "1 for the provider's current health state.",
-            ("provider", "state"), registry=r,
+            "integration_provider_health_state",
+            "1 for the provider's current health state.",
+            ("provider", "state"),
+            registry=r,
         )
         self.outbox_pending = Gauge(
-            "integration_outbox_pending_messages", "Outbox rows not yet published.", registry=r,
+            "integration_outbox_pending_messages",
+            "Outbox rows not yet published.",
+            registry=r,
         )
         self.consumers_attached = Gauge(
-            "integration_consumers_attached", "Consumers attached, by queue.", ("queue",), registry=r,
+            "integration_consumers_attached",
+            "Consumers attached, by queue.",
+            ("queue",),
+            registry=r,
         )
         self._zero_initialise()
 

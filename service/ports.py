@@ -6,9 +6,11 @@ lifecycle passes the real implementation in, tests pass fakes.
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
-from service.messages import SyncRequest, VerifiedWebhook
+from service.database.outbox import OutboxMessage
+from service.messages import JobResult, RecordEvent, SyncRequest, VerifiedWebhook
 
 
 class Publisher(Protocol):
@@ -22,8 +24,56 @@ class Publisher(Protocol):
         ...
 
     async def publish_sync_request(
-        self, request: SyncRequest, *, message_id: str, reply_to: str | None = None,
-        correlation_id: str | None = None, timeout_s: float = 5.0,
+        self,
+        request: SyncRequest,
+        *,
+        message_id: str,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
+        timeout_s: float = 5.0,
     ) -> None:
         """Publish a sync request to integration.commands as sync.<provider>.<entity>."""
         ...
+
+
+class Routes(Protocol):
+    """Where each kind of message goes: built by consumers/ (which owns exchange names),
+    used by the engine to write outbox rows without knowing AMQP."""
+
+    def record_event(self, event: RecordEvent) -> OutboxMessage: ...
+
+    def job_result(self, result: JobResult) -> OutboxMessage: ...
+
+    def reply(self, result: JobResult, *, reply_to: str, correlation_id: str | None) -> OutboxMessage: ...
+
+    def retry(self, delivery: Delivery, *, attempt: int, delay_s: float) -> OutboxMessage: ...
+
+    def dead_letter(
+        self, delivery: Delivery, *, reason: str, category: str, severity: str
+    ) -> OutboxMessage: ...
+
+    def sync_request(self, request: SyncRequest, *, message_id: str) -> OutboxMessage: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What the engine knows of one consumed message: no AMQP types past the consumer."""
+
+    body: bytes
+    exchange: str
+    routing_key: str
+    message_id: str | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    redelivered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a message ended: what to publish (already committed to the outbox) before the ack."""
+
+    kind: Literal["done", "duplicate", "retry", "dead_lettered"]
+    status: str | None = None  # the job status, or the webhook result, for metrics
+    outbox_ids: tuple[int, ...] = ()
+    category: str | None = None

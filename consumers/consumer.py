@@ -1,0 +1,155 @@
+"""Queue consumers: turn AMQP deliveries into Deliveries, hand them to a handler, publish
+what the stored outcome names, and only then acknowledge.
+
+A handler that cannot store an outcome (the database is away) raises; the delivery is then
+handed back to the broker after a short pause, never acknowledged. Messages that crash the
+process are the broker's to dead-letter once x-delivery-limit is reached (the backstop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from consumers.publishers import OutboxRelay
+from service.metrics import Metrics
+from service.ports import Delivery, Outcome
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[Delivery], Awaitable[Outcome]]
+INFRA_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
+
+
+def to_delivery(message: AbstractIncomingMessage) -> Delivery:
+    return Delivery(
+        body=message.body,
+        exchange=message.exchange or "",
+        routing_key=message.routing_key or "",
+        message_id=message.message_id,
+        reply_to=message.reply_to,
+        correlation_id=message.correlation_id,
+        headers=dict(message.headers or {}),
+        redelivered=bool(message.redelivered),
+    )
+
+
+class QueueConsumer:
+    """Consumes one queue with bounded prefetch; acks only after the outcome is stored."""
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        queue_name: str,
+        handler: Handler,
+        *,
+        relay: OutboxRelay,
+        metrics: Metrics,
+        prefetch: int = 16,
+    ) -> None:
+        self._channel = channel
+        self.queue_name = queue_name
+        self._handler = handler
+        self._relay = relay
+        self._metrics = metrics
+        self._prefetch = prefetch
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._infra_failures = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @property
+    def attached(self) -> bool:
+        return self._tag is not None
+
+    async def start(self) -> None:
+        await self._channel.set_qos(prefetch_count=self._prefetch)
+        self._queue = await self._channel.get_queue(self.queue_name, ensure=False)
+        self._tag = await self._queue.consume(self._on_message, no_ack=False)
+        self._metrics.consumers_attached.labels(queue=self.queue_name).set(1)
+        log.info("consumer_attached", queue=self.queue_name, prefetch=self._prefetch)
+
+    async def stop_consuming(self) -> None:
+        """Take no new deliveries; those in flight go on."""
+        if self._queue is not None and self._tag is not None:
+            try:
+                await asyncio.wait_for(self._queue.cancel(self._tag), timeout=5)
+            except Exception as exc:
+                log.warning("consumer_cancel_failed", queue=self.queue_name, error=str(exc))
+        self._tag = None
+        self._metrics.consumers_attached.labels(queue=self.queue_name).set(0)
+
+    async def drain(self, grace_s: float) -> int:
+        """Wait up to grace_s for in-flight deliveries; cancel the rest (the broker
+        redelivers them). Return how many were cancelled."""
+        pending = set(self._in_flight)
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=grace_s)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.gather(*still, return_exceptions=True)
+            return len(still)
+        return 0
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        self.idle.clear()
+        try:
+            await self._process(message)
+        finally:
+            self._in_flight.discard(task)
+            if not self._in_flight:
+                self.idle.set()
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        delivery = to_delivery(message)
+        try:
+            outcome = await self._handler(delivery)
+        except asyncio.CancelledError:
+            await _hand_back(message)
+            raise
+        except Exception as exc:
+            await self._infra_failure(message, exc)
+            return
+        self._infra_failures = 0
+        try:
+            await self._relay.publish_ids(outcome.outbox_ids)
+        except Exception as exc:  # committed: the relay loop publishes it later
+            log.warning("inline_publish_failed", error=f"{exc.__class__.__name__}: {exc}")
+        await message.ack()
+        self._metrics.messages_consumed.labels(queue=self.queue_name, outcome=_metric_outcome(outcome)).inc()
+
+    async def _infra_failure(self, message: AbstractIncomingMessage, exc: Exception) -> None:
+        pause = INFRA_BACKOFF_S[min(self._infra_failures, len(INFRA_BACKOFF_S) - 1)]
+        self._infra_failures += 1
+        log.error(
+            "outcome_not_stored",
+            queue=self.queue_name,
+            error=f"{exc.__class__.__name__}: {exc}",
+            retry_in_s=pause,
+        )
+        await asyncio.sleep(pause)  # an outage: don't spin the delivery count
+        await _hand_back(message)
+        self._metrics.messages_consumed.labels(queue=self.queue_name, outcome="requeued").inc()
+
+
+async def _hand_back(message: AbstractIncomingMessage) -> None:
+    try:
+        await message.nack(requeue=True)
+    except Exception as exc:  # the channel is gone: the broker requeues it anyway
+        log.warning("nack_failed", error=f"{exc.__class__.__name__}")
+
+
+def _metric_outcome(outcome: Outcome) -> str:
+    if outcome.kind == "done":
+        return outcome.status or "succeeded"
+    return {"duplicate": "duplicate", "retry": "retried", "dead_lettered": "dead_lettered"}[outcome.kind]

@@ -1,0 +1,248 @@
+"""Publishing: the AMQP Publisher (confirms on every publish), the Routes that name where
+each message goes, and the outbox relay that publishes committed outbox rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import aio_pika
+import asyncpg
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractExchange, DeliveryMode
+
+from consumers import topology
+from service.database import outbox as outbox_db
+from service.database.outbox import OutboxMessage
+from service.errors import NetworkError
+from service.messages import JobResult, RecordEvent, SyncRequest, VerifiedWebhook, utcnow
+from service.ports import Delivery
+
+log = structlog.get_logger(__name__)
+
+CONFIRM_TIMEOUT_S = 5.0
+
+
+class AmqpPublisher:
+    """Publishes persistent JSON messages on one confirm channel; implements ports.Publisher."""
+
+    def __init__(self, channel: AbstractChannel) -> None:
+        self._channel = channel
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        if name == "":
+            return self._channel.default_exchange
+        if name not in self._exchanges:
+            self._exchanges[name] = await self._channel.get_exchange(name, ensure=False)
+        return self._exchanges[name]
+
+    async def publish(self, message: OutboxMessage, *, timeout_s: float = CONFIRM_TIMEOUT_S) -> None:
+        """Publish and wait for the broker's confirm; raise NetworkError otherwise."""
+        amqp_message = aio_pika.Message(
+            body=message.body,
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_mode=DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            headers=message.headers or None,
+            timestamp=utcnow(),
+        )
+        try:
+            exchange = await self._exchange(message.exchange)
+            confirmation = await asyncio.wait_for(
+                exchange.publish(amqp_message, routing_key=message.routing_key, timeout=timeout_s),
+                timeout=timeout_s,
+            )
+        except TimeoutError as exc:
+            raise NetworkError(f"no publisher confirm within {timeout_s:g}s") from exc
+        except Exception as exc:  # aiormq / connection errors
+            raise NetworkError(
+                f"publish to {message.exchange or 'default'} failed: {exc.__class__.__name__}"
+            ) from exc
+        if getattr(confirmation, "name", "") == "Basic.Nack":
+            raise NetworkError("the broker refused the message (nack)")
+
+    async def publish_webhook(
+        self, message: VerifiedWebhook, *, message_id: str, timeout_s: float = 2.0
+    ) -> None:
+        await self.publish(
+            OutboxMessage(
+                exchange=topology.WEBHOOKS_EXCHANGE,
+                routing_key=topology.webhook_routing_key(message.provider),
+                body=message.to_json_bytes(),
+                message_id=message_id,
+            ),
+            timeout_s=timeout_s,
+        )
+
+    async def publish_sync_request(
+        self,
+        request: SyncRequest,
+        *,
+        message_id: str,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
+        timeout_s: float = 5.0,
+    ) -> None:
+        await self.publish(
+            OutboxMessage(
+                exchange=topology.COMMANDS_EXCHANGE,
+                routing_key=topology.sync_routing_key(request.provider, request.entity),
+                body=request.to_json_bytes(),
+                message_id=message_id,
+                reply_to=reply_to,
+                correlation_id=correlation_id,
+            ),
+            timeout_s=timeout_s,
+        )
+
+
+class MessageRoutes:
+    """Implements ports.Routes: the exchange and routing key of every outgoing message."""
+
+    def record_event(self, event: RecordEvent) -> OutboxMessage:
+        return OutboxMessage(
+            exchange=topology.EVENTS_EXCHANGE,
+            routing_key=topology.record_event_routing_key(event.provider, event.entity, event.op),
+            body=event.to_json_bytes(),
+            message_id=f"event-{event.event_id}",
+        )
+
+    def job_result(self, result: JobResult) -> OutboxMessage:
+        return OutboxMessage(
+            exchange=topology.EVENTS_EXCHANGE,
+            routing_key=topology.job_result_routing_key(result.status),
+            body=result.to_json_bytes(),
+            message_id=f"result-{result.job_id}-{uuid.uuid4()}",
+        )
+
+    def reply(self, result: JobResult, *, reply_to: str, correlation_id: str | None) -> OutboxMessage:
+        return OutboxMessage(
+            exchange="",
+            routing_key=reply_to,
+            body=result.to_json_bytes(),
+            message_id=f"reply-{result.job_id}-{uuid.uuid4()}",
+            correlation_id=correlation_id,
+        )
+
+    def retry(self, delivery: Delivery, *, attempt: int, delay_s: float) -> OutboxMessage:
+        headers = {k: v for k, v in delivery.headers.items() if not k.startswith("x-")}
+        headers.update({"x-retry-attempt": attempt, "x-original-message-id": delivery.message_id or ""})
+        return OutboxMessage(
+            exchange=delivery.exchange,
+            routing_key=delivery.routing_key,
+            body=delivery.body,
+            message_id=str(uuid.uuid4()),
+            headers=_plain(headers),
+            correlation_id=delivery.correlation_id,
+            reply_to=delivery.reply_to,
+            available_at=utcnow() + timedelta(seconds=delay_s),
+        )
+
+    def dead_letter(self, delivery: Delivery, *, reason: str, category: str, severity: str) -> OutboxMessage:
+        headers = _plain(dict(delivery.headers))
+        headers.update(
+            {
+                "x-death-reason": reason,
+                "x-error-category": category,
+                "x-error-severity": severity,
+                "x-original-exchange": delivery.exchange,
+                "x-original-routing-key": delivery.routing_key,
+            }
+        )
+        return OutboxMessage(
+            exchange=topology.DEAD_EXCHANGE,
+            routing_key=delivery.routing_key,
+            body=delivery.body,
+            message_id=f"dead-{delivery.message_id or uuid.uuid4()}-{uuid.uuid4().hex[:8]}",
+            headers=headers,
+            correlation_id=delivery.correlation_id,
+            reply_to=delivery.reply_to,
+        )
+
+    def sync_request(self, request: SyncRequest, *, message_id: str) -> OutboxMessage:
+        return OutboxMessage(
+            exchange=topology.COMMANDS_EXCHANGE,
+            routing_key=topology.sync_routing_key(request.provider, request.entity),
+            body=request.to_json_bytes(),
+            message_id=message_id,
+        )
+
+
+def _plain(headers: dict[str, Any]) -> dict[str, Any]:
+    """Headers that survive a JSON round trip through the outbox."""
+    out: dict[str, Any] = {}
+    for key, value in headers.items():
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        if isinstance(value, str | int | float | bool) or value is None:
+            out[key] = value
+        else:
+            out[key] = str(value)
+    return out
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows: inline right after a commit, and in a polling loop
+    that catches what a crash or a broker outage left behind (and due scheduled retries)."""
+
+    def __init__(self, pool: asyncpg.Pool, publisher: AmqpPublisher, *, batch: int = 200) -> None:
+        self._pool = pool
+        self._publisher = publisher
+        self._batch = batch
+        self.wakeup = asyncio.Event()
+
+    async def publish_ids(self, ids: tuple[int, ...] | list[int]) -> None:
+        """Publish these rows now if still unpublished (another relay may have done it)."""
+        if not ids:
+            return
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id FROM outbox WHERE id = ANY($1::bigint[]) AND published_at IS NULL "
+                "AND available_at <= now() FOR UPDATE SKIP LOCKED",
+                list(ids),
+            )
+            stored = await outbox_db.fetch_unpublished(conn, [r["id"] for r in rows])
+            await self._publish_all(conn, stored)
+
+    async def _publish_all(self, conn: asyncpg.Connection, stored: list[outbox_db.StoredMessage]) -> None:
+        if not stored:
+            return
+        results = await asyncio.gather(
+            *(self._publisher.publish(item.message) for item in stored), return_exceptions=True
+        )
+        done = [item.id for item, result in zip(stored, results, strict=True) if result is None]
+        await outbox_db.mark_published(conn, done)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            log.warning("outbox_publish_failed", failed=len(failures), error=str(failures[0]))
+
+    async def relay_once(self) -> int:
+        """Publish one batch of due rows; return how many were claimed."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            stored = await outbox_db.claim_due(conn, limit=self._batch)
+            await self._publish_all(conn, stored)
+        return len(stored)
+
+    async def run(self, stop: asyncio.Event, *, interval_s: float = 0.25) -> None:
+        """Relay until ``stop`` is set; errors are logged and retried, never fatal."""
+        while not stop.is_set():
+            try:
+                claimed = await self.relay_once()
+            except Exception as exc:
+                log.warning("outbox_relay_error", error=f"{exc.__class__.__name__}: {exc}")
+                claimed = 0
+            if claimed >= self._batch:
+                continue
+            self.wakeup.clear()
+            sleep = asyncio.ensure_future(self.wakeup.wait())
+            halt = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({sleep, halt}, timeout=interval_s, return_when=asyncio.FIRST_COMPLETED)
+            sleep.cancel()
+            halt.cancel()

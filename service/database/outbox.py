@@ -1,0 +1,200 @@
+"""SQL for the transactional outbox, scheduled retries, dead letters and webhook dedupe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+Conn = asyncpg.Connection | asyncpg.Pool
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A message to publish after the transaction that produced it commits."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    message_id: str
+    headers: dict[str, Any] = field(default_factory=dict)
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    available_at: datetime | None = None  # a future time makes it a scheduled retry
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: int
+    message: OutboxMessage
+
+
+async def enqueue(conn: asyncpg.Connection, messages: list[OutboxMessage]) -> list[int]:
+    """Insert messages in the caller's transaction; return their row ids (existing ids kept)."""
+    ids: list[int] = []
+    for m in messages:
+        row_id = await conn.fetchval(
+            """INSERT INTO outbox (exchange, routing_key, message_id, correlation_id, headers,
+                   reply_to, body, available_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8, now()))
+               ON CONFLICT (message_id) DO UPDATE SET message_id = EXCLUDED.message_id
+               RETURNING id""",
+            m.exchange,
+            m.routing_key,
+            m.message_id,
+            m.correlation_id,
+            m.headers,
+            m.reply_to,
+            m.body,
+            m.available_at,
+        )
+        ids.append(row_id)
+    return ids
+
+
+def _stored(row: asyncpg.Record) -> StoredMessage:
+    return StoredMessage(
+        row["id"],
+        OutboxMessage(
+            exchange=row["exchange"],
+            routing_key=row["routing_key"],
+            body=bytes(row["body"]),
+            message_id=row["message_id"],
+            headers=row["headers"],
+            correlation_id=row["correlation_id"],
+            reply_to=row["reply_to"],
+        ),
+    )
+
+
+async def claim_due(conn: asyncpg.Connection, *, limit: int) -> list[StoredMessage]:
+    """Lock due, unpublished rows (SKIP LOCKED: several relays share the work)."""
+    rows = await conn.fetch(
+        """SELECT id, exchange, routing_key, message_id, correlation_id, headers, reply_to, body
+           FROM outbox WHERE published_at IS NULL AND available_at <= now()
+           ORDER BY available_at, id LIMIT $1 FOR UPDATE SKIP LOCKED""",
+        limit,
+    )
+    return [_stored(r) for r in rows]
+
+
+async def fetch_unpublished(conn: Conn, ids: list[int]) -> list[StoredMessage]:
+    rows = await conn.fetch(
+        """SELECT id, exchange, routing_key, message_id, correlation_id, headers, reply_to, body
+           FROM outbox WHERE id = ANY($1::bigint[]) AND published_at IS NULL
+             AND available_at <= now() ORDER BY id""",
+        ids,
+    )
+    return [_stored(r) for r in rows]
+
+
+async def mark_published(conn: Conn, ids: list[int]) -> None:
+    if ids:
+        await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", ids)
+
+
+async def prune_published(conn: Conn, *, older_than_s: float) -> int:
+    result: str = await conn.execute(
+        "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)", older_than_s
+    )
+    return int(result.split()[-1])
+
+
+async def pending_count(conn: Conn) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+
+
+# Dead letters --------------------------------------------------------------------------
+
+DEAD_COLUMNS = (
+    "id, message_id, job_id, exchange, routing_key, body, headers, properties, reason, category, "
+    "severity, dead_lettered_at, replayed_at, replay_message_id"
+)
+
+
+async def store_dead_letter(
+    conn: asyncpg.Connection,
+    *,
+    message_id: str | None,
+    job_id: str | None,
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    headers: dict[str, Any],
+    properties: dict[str, Any],
+    reason: str,
+    category: str,
+    severity: str,
+) -> int | None:
+    """Store a dead letter; None when the same message is already stored (a redelivery)."""
+    row_id: int | None = await conn.fetchval(
+        """INSERT INTO dead_letters (message_id, job_id, exchange, routing_key, body, headers,
+               properties, reason, category, severity)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+           ON CONFLICT (message_id, routing_key) WHERE message_id IS NOT NULL AND replayed_at IS NULL
+           DO NOTHING RETURNING id""",
+        message_id,
+        job_id,
+        exchange,
+        routing_key,
+        body,
+        headers,
+        properties,
+        reason,
+        category,
+        severity,
+    )
+    return row_id
+
+
+async def list_dead_letters(conn: Conn, *, limit: int = 1000) -> list[asyncpg.Record]:
+    return await conn.fetch(f"SELECT {DEAD_COLUMNS} FROM dead_letters ORDER BY id LIMIT $1", limit)
+
+
+async def get_dead_letters(
+    conn: asyncpg.Connection, ids: list[int] | None, *, for_update: bool = True
+) -> list[asyncpg.Record]:
+    """Rows by id (all unreplayed when ids is None), locked for a replay."""
+    lock = " FOR UPDATE SKIP LOCKED" if for_update else ""
+    if ids is None:
+        return await conn.fetch(
+            f"SELECT {DEAD_COLUMNS} FROM dead_letters WHERE replayed_at IS NULL ORDER BY id{lock}"
+        )
+    return await conn.fetch(
+        f"SELECT {DEAD_COLUMNS} FROM dead_letters WHERE id = ANY($1::bigint[]) ORDER BY id{lock}", ids
+    )
+
+
+async def mark_replayed(conn: asyncpg.Connection, dead_letter_id: int, replay_message_id: str) -> None:
+    await conn.execute(
+        "UPDATE dead_letters SET replayed_at = now(), replay_message_id = $2 WHERE id = $1",
+        dead_letter_id,
+        replay_message_id,
+    )
+
+
+# Webhook dedupe ------------------------------------------------------------------------
+
+
+async def claim_webhook_event(
+    conn: asyncpg.Connection, provider: str, event_id: str, venue_id: str | None, received_at: datetime
+) -> bool:
+    """True the first time (provider, event_id) is seen; False for a duplicate."""
+    inserted = await conn.fetchval(
+        """INSERT INTO webhook_events (provider, event_id, venue_id, received_at)
+           VALUES ($1, $2, $3, $4) ON CONFLICT (provider, event_id) DO NOTHING RETURNING 1""",
+        provider,
+        event_id,
+        venue_id,
+        received_at,
+    )
+    return inserted is not None
+
+
+async def prune_webhook_events(conn: Conn, *, older_than_s: float) -> int:
+    result: str = await conn.execute(
+        "DELETE FROM webhook_events WHERE processed_at < now() - make_interval(secs => $1)", older_than_s
+    )
+    return int(result.split()[-1])

@@ -1,0 +1,338 @@
+"""The sync engine's front door: one consumed sync request in, one stored outcome out.
+
+For each delivery it decides, in this order: a finished job seen again is a duplicate
+(acknowledged, its stored result re-sent to ``reply_to``); a body that is not a valid sync
+request for a known provider, entity and venue is dead-lettered as ``validation``; else the
+job runs (service/sync.py). A transient failure schedules a delayed retry through the outbox
+(the delivery is acknowledged, never held); the last attempt, or a permanent failure,
+dead-letters the message. Everything an outcome implies (job row, record log, events, job
+result, retry or dead letter) is committed in one transaction before the consumer
+acknowledges, and the consumer publishes the outbox rows named in the Outcome.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+from pydantic import ValidationError as PydanticValidationError
+
+from providers.base import ProviderClient, VenueAuth
+from service.config import PROVIDERS, Settings
+from service.database import credentials as credentials_db
+from service.database import jobs as jobs_db
+from service.database import outbox as outbox_db
+from service.errors import (
+    IntegrationError,
+    RateLimitError,
+    UnknownEntityError,
+    ValidationError,
+    classify,
+)
+from service.logs import bind_message_context
+from service.messages import (
+    JobCounts,
+    JobResult,
+    RecordError,
+    SyncRequest,
+    first_error_line,
+    parse_json_object,
+    utcnow,
+)
+from service.metrics import Metrics
+from service.ports import Delivery, Outcome, Routes
+
+log = structlog.get_logger(__name__)
+
+AuthFactory = Callable[[str, str], Awaitable[VenueAuth]]
+
+
+class RetryLater(Exception):
+    """Raised by a job runner for a transient failure: retry the whole request later."""
+
+    def __init__(self, error: IntegrationError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass(frozen=True)
+class EngineDeps:
+    """What the engine needs, passed in by lifecycle (no AMQP, no web server)."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    clients: dict[str, ProviderClient]
+    auth_for: AuthFactory
+    routes: Routes
+    metrics: Metrics
+
+
+def backoff_delay_s(
+    attempt: int,
+    *,
+    base_s: float,
+    max_s: float,
+    retry_after_s: float | None,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Exponential backoff with full jitter, at least Retry-After, at most max_s."""
+    ceiling = min(max_s, base_s * (2 ** max(attempt - 1, 0)))
+    delay = ceiling * (0.5 + rng() / 2)
+    if retry_after_s is not None:
+        delay = max(delay, retry_after_s)
+    return min(delay, max_s)
+
+
+def readable_job_id(body: dict[str, Any] | None) -> str | None:
+    value = body.get("job_id") if body else None
+    return value if isinstance(value, str) and 0 < len(value) <= 200 else None
+
+
+class Engine:
+    """Runs sync requests to one stored outcome each."""
+
+    def __init__(self, deps: EngineDeps) -> None:
+        self._d = deps
+
+    async def handle_sync(self, delivery: Delivery) -> Outcome:
+        """Process one sync request delivery; never raises for bad input."""
+        try:
+            raw = parse_json_object(delivery.body)
+        except ValueError as exc:
+            return await self.dead_letter(delivery, ValidationError(str(exc)), raw=None)
+        job_id = readable_job_id(raw)
+        bind_message_context(
+            message_id=delivery.message_id,
+            job_id=job_id,
+            venue_id=raw.get("venue_id"),
+            provider=raw.get("provider"),
+        )
+        if job_id is not None:
+            duplicate = await self._duplicate(job_id, delivery)
+            if duplicate is not None:
+                return duplicate
+        try:
+            request = await self._validate(raw, delivery)
+        except IntegrationError as exc:
+            return await self.dead_letter(delivery, exc, raw=raw)
+        return await self._run(request, delivery)
+
+    async def _duplicate(self, job_id: str, delivery: Delivery) -> Outcome | None:
+        row = await jobs_db.get_job(self._d.pool, job_id)
+        if row is None or row["status"] not in ("succeeded", "partial"):
+            return None
+        ids: list[int] = []
+        if delivery.reply_to and row["result"]:
+            result = JobResult.model_validate(row["result"])
+            message = self._d.routes.reply(
+                result, reply_to=delivery.reply_to, correlation_id=delivery.correlation_id
+            )
+            async with self._d.pool.acquire() as conn, conn.transaction():
+                ids = await outbox_db.enqueue(conn, [message])
+        log.info("sync_duplicate", status=row["status"])
+        return Outcome("duplicate", status=row["status"], outbox_ids=tuple(ids))
+
+    async def _validate(self, raw: dict[str, Any], delivery: Delivery) -> SyncRequest:
+        from service.entities import check_supported
+
+        if raw.get("provider") not in PROVIDERS and isinstance(raw.get("provider"), str):
+            raise UnknownEntityError(f"unknown provider {raw['provider']!r}")
+        try:
+            request = SyncRequest.model_validate(raw)
+        except PydanticValidationError as exc:
+            raise ValidationError(f"invalid sync request: {first_error_line(exc)}") from None
+        expected = f"sync.{request.provider}.{request.entity}"
+        if delivery.routing_key != expected:
+            raise ValidationError(
+                f"routing key {delivery.routing_key!r} does not match the body's provider and entity ({expected})"
+            )
+        check_supported(request.provider, request.entity, request.direction)
+        if not await credentials_db.venue_known(self._d.pool, request.venue_id, request.provider):
+            raise UnknownEntityError(f"unknown venue {request.venue_id!r} for {request.provider}")
+        return request
+
+    async def _run(self, request: SyncRequest, delivery: Delivery) -> Outcome:
+        from service.sync import JobRunner
+
+        runner = JobRunner(self._d, request, delivery)
+        started = utcnow()
+        try:
+            status, ids = await runner.run()
+        except RetryLater as exc:
+            return await self._retry_or_give_up(request, delivery, exc.error, runner.attempts)
+        except IntegrationError as exc:
+            return await self.dead_letter(delivery, exc, raw=request.model_dump(by_alias=True))
+        except (asyncpg.PostgresConnectionError, OSError):
+            raise  # infrastructure: the consumer hands the delivery back
+        except Exception as exc:
+            log.exception("sync_crashed")
+            return await self.dead_letter(delivery, classify(exc), raw=request.model_dump(by_alias=True))
+        elapsed = (utcnow() - started).total_seconds()
+        self._d.metrics.job_duration.labels(request.provider, request.entity, status).observe(elapsed)
+        return Outcome("done", status=status, outbox_ids=ids)
+
+    async def _retry_or_give_up(
+        self, request: SyncRequest, delivery: Delivery, error: IntegrationError, attempts: int
+    ) -> Outcome:
+        settings = self._d.settings
+        local_wait = isinstance(error, RateLimitError) and error.status is None
+        if attempts >= settings.retry_max_attempts and not local_wait:
+            reason = f"gave up after {attempts} attempts: {error}"
+            return await self.dead_letter(
+                delivery, type(error)(reason), raw=request.model_dump(by_alias=True)
+            )
+        delay = backoff_delay_s(
+            attempts,
+            base_s=settings.retry_base_delay_seconds,
+            max_s=settings.retry_max_delay_seconds,
+            retry_after_s=error.retry_after_s,
+        )
+        message = self._d.routes.retry(delivery, attempt=attempts, delay_s=delay)
+        async with self._d.pool.acquire() as conn, conn.transaction():
+            if local_wait:  # waiting for our own limiter is not a failed attempt
+                await conn.execute(
+                    "UPDATE sync_jobs SET attempts = greatest(attempts - 1, 0) WHERE job_id = $1",
+                    request.job_id,
+                )
+            await jobs_db.set_pending_retry(conn, request.job_id, str(error))
+            ids = await outbox_db.enqueue(conn, [message])
+        self._d.metrics.retries.labels(request.provider, error.category).inc()
+        log.info(
+            "sync_retry_scheduled",
+            attempt=attempts,
+            delay_s=round(delay, 3),
+            category=error.category,
+            error=str(error),
+        )
+        return Outcome("retry", status="pending", outbox_ids=tuple(ids), category=error.category)
+
+    async def dead_letter(
+        self, delivery: Delivery, error: IntegrationError, *, raw: dict[str, Any] | None
+    ) -> Outcome:
+        """Store, route to integration.dead and fail the job, in one transaction."""
+        reason = str(error)
+        job_id = readable_job_id(raw)
+        message = self._d.routes.dead_letter(
+            delivery, reason=reason, category=error.category, severity=error.severity
+        )
+        async with self._d.pool.acquire() as conn, conn.transaction():
+            stored = await outbox_db.store_dead_letter(
+                conn,
+                message_id=delivery.message_id,
+                job_id=job_id,
+                exchange=delivery.exchange,
+                routing_key=delivery.routing_key,
+                body=delivery.body,
+                headers=_jsonable(delivery.headers),
+                properties={"reply_to": delivery.reply_to, "correlation_id": delivery.correlation_id},
+                reason=reason,
+                category=error.category,
+                severity=error.severity,
+            )
+            messages = [message] if stored is not None else []
+            if job_id is not None:
+                messages += await self._fail_job(conn, job_id, raw or {}, error, delivery)
+            ids = await outbox_db.enqueue(conn, messages)
+        queue = (
+            "integration.webhook-events"
+            if delivery.routing_key.startswith("webhook.")
+            else "integration.sync-requests"
+        )
+        self._d.metrics.dead_lettered.labels(queue=queue, category=error.category).inc()
+        log.warning("message_dead_lettered", reason=reason, category=error.category)
+        return Outcome("dead_lettered", status="failed", outbox_ids=tuple(ids), category=error.category)
+
+    async def _fail_job(
+        self,
+        conn: asyncpg.Connection,
+        job_id: str,
+        raw: dict[str, Any],
+        error: IntegrationError,
+        delivery: Delivery,
+    ) -> list[outbox_db.OutboxMessage]:
+        def text(name: str) -> str:
+            value = raw.get(name)
+            return value if isinstance(value, str) else "unknown"
+
+        await jobs_db.ensure_job_row(
+            conn,
+            job_id=job_id,
+            venue_id=text("venue_id"),
+            provider=text("provider"),
+            entity=text("entity"),
+            direction=text("direction"),
+            mode="full" if raw.get("mode") == "full" else "incremental",
+        )
+        row = await jobs_db.get_job(conn, job_id, for_update=True)
+        assert row is not None
+        counts = JobCounts.model_validate(row["counts"]) if row["status"] != "failed" else JobCounts()
+        job_error = RecordError(
+            record_id=None, category=error.category, severity=error.severity, message=str(error)
+        )
+        result = JobResult(
+            job_id=job_id,
+            venue_id=row["venue_id"],
+            provider=row["provider"],
+            entity=row["entity"],
+            direction=row["direction"],
+            status="failed",
+            counts=counts,
+            errors=[*[RecordError.model_validate(e) for e in row["errors"] if e.get("record_id")], job_error],
+            started_at=row["started_at"] or utcnow(),
+            finished_at=utcnow(),
+        )
+        return await finish(conn, self._d.routes, result, delivery)
+
+
+async def finish(
+    conn: asyncpg.Connection, routes: Routes, result: JobResult, delivery: Delivery
+) -> list[outbox_db.OutboxMessage]:
+    """Store a job's final state and return the messages that announce it."""
+    payload = result.model_dump(mode="json", by_alias=True)
+    await jobs_db.finish_job(
+        conn,
+        result.job_id,
+        status=result.status,
+        counts=result.counts.model_dump(),
+        errors=[e.model_dump() for e in result.errors],
+        result=payload,
+        finished_at=result.finished_at,
+    )
+    messages = [routes.job_result(result)]
+    reply_to = delivery.reply_to
+    if reply_to:
+        messages.append(routes.reply(result, reply_to=reply_to, correlation_id=delivery.correlation_id))
+    return messages
+
+
+def _jsonable(headers: dict[str, Any]) -> dict[str, Any]:
+    """AMQP headers as JSON (bytes decoded, nested tables kept, the rest as text)."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "replace")
+        if isinstance(value, dict):
+            return {str(k): convert(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [convert(v) for v in value]
+        if isinstance(value, str | int | float | bool) or value is None:
+            return value
+        if isinstance(value, datetime):
+            return value.astimezone(UTC).isoformat()
+        return str(value)
+
+    return {str(k): convert(v) for k, v in headers.items()}
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+def due_in(delay_s: float) -> datetime:
+    return utcnow() + timedelta(seconds=delay_s)

@@ -1,0 +1,384 @@
+"""Running one sync job: push in provider-sized batches, pull page by page.
+
+Each batch or page is committed in one transaction with its record outcomes, record state,
+record events and the job's running counts, so a crash re-does at most one batch or page,
+and a redelivered push skips records whose outcome is already stored (their idempotency
+keys make any repeated provider write a replay).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from providers.base import Page, ProviderRecord, PushItem, PushResult, VenueAuth
+from service.database import jobs as jobs_db
+from service.database import outbox as outbox_db
+from service.errors import IntegrationError, ValidationError
+from service.messages import (
+    JobCounts,
+    JobResult,
+    RecordError,
+    RecordEvent,
+    SyncRequest,
+    idempotency_key,
+    record_event_id,
+    utcnow,
+)
+from service.ports import Delivery
+
+if TYPE_CHECKING:
+    from service.engine import EngineDeps
+
+log = structlog.get_logger(__name__)
+
+
+def content_hash(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def final_status(counts: JobCounts) -> str:
+    if counts.failed == 0:
+        return "succeeded"
+    return "failed" if counts.failed == counts.processed else "partial"
+
+
+class Tally:
+    """Running counts and per-record errors of one job."""
+
+    def __init__(self, counts: dict[str, int], errors: list[dict[str, Any]]) -> None:
+        self.counts = dict(JobCounts.model_validate(counts).model_dump())
+        self.errors = [RecordError.model_validate(e) for e in errors]
+
+    def add(self, outcome: str, error: IntegrationError | None = None, record_id: str | None = None) -> None:
+        self.counts[outcome] += 1
+        self.counts["processed"] += 1
+        if error is not None:
+            self.errors.append(
+                RecordError(
+                    record_id=record_id, category=error.category, severity=error.severity, message=str(error)
+                )
+            )
+
+    def job_counts(self) -> JobCounts:
+        return JobCounts.model_validate(self.counts)
+
+
+class JobRunner:
+    """One execution of one sync request."""
+
+    def __init__(self, deps: EngineDeps, request: SyncRequest, delivery: Delivery) -> None:
+        self._d = deps
+        self._r = request
+        self._delivery = delivery
+        self.attempts = 0
+        self._outbox_ids: list[int] = []  # published right after the ack-worthy commit
+
+    async def run(self) -> tuple[str, tuple[int, ...]]:
+        """Run the job to its end; return (status, outbox ids). Raises RetryLater."""
+        from service.engine import RetryLater
+
+        row = await self._start()
+        tally = Tally(row["counts"], row["errors"])
+        client = self._d.clients[self._r.provider]
+        try:
+            auth = await self._d.auth_for(self._r.venue_id, self._r.provider)
+            if self._r.direction == "push":
+                await self._push(client, auth, tally)
+            else:
+                await self._pull(client, auth, tally, row["progress"])
+        except IntegrationError as exc:
+            if exc.retryable:
+                raise RetryLater(exc) from exc
+            raise
+        return await self._finish(tally, row["started_at"])
+
+    async def _start(self) -> Any:
+        r = self._r
+        async with self._d.pool.acquire() as conn, conn.transaction():
+            previous = await jobs_db.get_job(conn, r.job_id, for_update=True)
+            if previous is not None and previous["status"] == "failed":
+                await jobs_db.clear_failed_records(conn, r.job_id)
+            row = await jobs_db.start_job(
+                conn,
+                job_id=r.job_id,
+                venue_id=r.venue_id,
+                provider=r.provider,
+                entity=r.entity,
+                direction=r.direction,
+                mode=r.mode,
+                options=r.options,
+                message_id=self._delivery.message_id,
+                reply_to=self._delivery.reply_to,
+                correlation_id=self._delivery.correlation_id,
+                count_attempt=True,
+            )
+        self.attempts = row["attempts"]
+        log.info("sync_started", entity=r.entity, direction=r.direction, mode=r.mode, attempt=self.attempts)
+        return row
+
+    def _mapping(self, override: list[dict[str, Any]] | None) -> Any:
+        from service.mapping import effective_mapping
+
+        return effective_mapping(self._r.provider, self._r.entity, override)
+
+    async def _override(self) -> list[dict[str, Any]] | None:
+        r = self._r
+        return await jobs_db.get_mapping_override(self._d.pool, r.venue_id, r.provider, r.entity)
+
+    # Push ----------------------------------------------------------------------------
+
+    async def _push(self, client: Any, auth: VenueAuth, tally: Tally) -> None:
+        from service.mapping import to_provider
+
+        r = self._r
+        mapping = self._mapping(await self._override())
+        records = r.records or []
+        done = await jobs_db.recorded_outcomes(self._d.pool, r.job_id)
+        ids = [str(rec.get("id")) for rec in records if rec.get("id") is not None]
+        links = await jobs_db.platform_links(self._d.pool, r.venue_id, r.provider, r.entity, ids)
+        pending: list[tuple[PushItem, dict[str, Any]]] = []
+        invalid: list[tuple[str | None, IntegrationError]] = []
+        for index, record in enumerate(records):
+            record_id = record.get("id")
+            if record_id is None or not isinstance(record_id, str | int):
+                invalid.append((None, ValidationError(f"record {index} has no id")))
+                continue
+            record_id = str(record_id)
+            external_id = links.get(record_id)
+            operation = "update" if external_id else "create"
+            if (record_id, operation) in done:
+                continue  # stored by an earlier delivery of this job
+            try:
+                payload = to_provider(mapping, record)
+            except IntegrationError as exc:
+                invalid.append((record_id, exc))
+                continue
+            key = idempotency_key(r.job_id, record_id, operation)
+            pending.append((PushItem(record_id, payload, key, external_id), record))
+        await self._store_invalid(invalid, tally)
+        size = max(1, client.batch_size(r.entity))
+        for batch in _chunks(pending, size):
+            results = await client.push_batch(auth, r.entity, [item for item, _ in batch], options=r.options)
+            await self._store_push_results(batch, results, tally)
+
+    async def _store_invalid(self, invalid: list[tuple[str | None, IntegrationError]], tally: Tally) -> None:
+        if not invalid:
+            return
+        rows = []
+        for record_id, exc in invalid:
+            tally.add("failed", exc, record_id)
+            if record_id is not None:
+                rows.append((record_id, "map", "failed", None, None, exc.category, exc.severity, str(exc)))
+        async with self._d.pool.acquire() as conn, conn.transaction():
+            await jobs_db.log_records(conn, self._r.job_id, rows)
+            await jobs_db.set_progress(conn, self._r.job_id, None, tally.counts)
+
+    async def _store_push_results(
+        self, batch: list[tuple[PushItem, dict[str, Any]]], results: list[PushResult], tally: Tally
+    ) -> None:
+        from service.engine import RetryLater
+
+        r = self._r
+        by_id = {result.record_id: result for result in results}
+        log_rows, states, events = [], [], []
+        transient: IntegrationError | None = None
+        for item, record in batch:
+            result = by_id.get(item.record_id)
+            if result is None or (result.error is not None and result.error.retryable):
+                transient = (
+                    transient
+                    or (result.error if result else None)
+                    or ValidationError(
+                        f"provider returned no result for record {item.record_id}", retryable=True
+                    )
+                )
+                continue
+            operation = "update" if item.external_id else "create"
+            error = result.error
+            log_rows.append(
+                (
+                    item.record_id,
+                    operation,
+                    result.outcome,
+                    result.external_id,
+                    item.idempotency_key,
+                    error and error.category,
+                    error and error.severity,
+                    error and str(error),
+                )
+            )
+            tally.add(result.outcome, error, item.record_id)
+            if result.outcome != "failed" and result.external_id:
+                version = content_hash(result.data or record)
+                states.append((result.external_id, item.record_id, version, None, version, False))
+                events.append(self._event(result.external_id, item.record_id, record, version))
+        async with self._d.pool.acquire() as conn, conn.transaction():
+            await jobs_db.log_records(conn, r.job_id, log_rows)
+            await jobs_db.upsert_record_states(conn, r.venue_id, r.provider, r.entity, states)
+            self._outbox_ids += await outbox_db.enqueue(conn, events)
+            await jobs_db.set_progress(conn, r.job_id, None, tally.counts)
+        if transient is not None:
+            raise RetryLater(transient)
+
+    # Pull ----------------------------------------------------------------------------
+
+    async def _pull(
+        self, client: Any, auth: VenueAuth, tally: Tally, progress: dict[str, Any] | None
+    ) -> None:
+        r = self._r
+        mapping = self._mapping(await self._override())
+        if progress is not None:
+            cursor, resume = progress.get("cursor"), progress.get("resume")
+        else:
+            cursor = None
+            resume = (
+                None
+                if r.mode == "full"
+                else await jobs_db.get_cursor(self._d.pool, r.venue_id, r.provider, r.entity)
+            )
+        pages = 0
+        while True:
+            page: Page = await client.pull_page(
+                auth, r.entity, cursor=cursor, resume=resume, options=r.options
+            )
+            pages += 1
+            await self._store_page(page, mapping, tally, resume, auth)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        log.info("sync_pulled", pages=pages, processed=tally.counts["processed"])
+
+    async def _store_page(
+        self, page: Page, mapping: Any, tally: Tally, resume: dict[str, Any] | None, auth: VenueAuth
+    ) -> None:
+        from service.mapping import to_platform
+
+        r = self._r
+        external_ids = [rec.external_id for rec in page.records]
+        async with self._d.pool.acquire() as conn, conn.transaction():
+            known = await jobs_db.record_states(conn, r.venue_id, r.provider, r.entity, external_ids)
+            states, events, log_rows = [], [], []
+            for record in page.records:
+                try:
+                    data = to_platform(mapping, record.data)
+                except IntegrationError as exc:
+                    tally.add("failed", exc, record.external_id)
+                    log_rows.append(
+                        (
+                            record.external_id,
+                            "pull",
+                            "failed",
+                            record.external_id,
+                            None,
+                            exc.category,
+                            exc.severity,
+                            str(exc),
+                        )
+                    )
+                    continue
+                outcome, state, event = self._compare(record, data, known.get(record.external_id), auth)
+                tally.add(outcome)
+                if state is not None:
+                    states.append(state)
+                if event is not None:
+                    events.append(event)
+            await jobs_db.log_records(conn, r.job_id, log_rows)
+            await jobs_db.upsert_record_states(conn, r.venue_id, r.provider, r.entity, states)
+            self._outbox_ids += await outbox_db.enqueue(conn, events)
+            if page.resume_cursor is not None:
+                await jobs_db.put_cursor(conn, r.venue_id, r.provider, r.entity, page.resume_cursor)
+            progress = None if page.next_cursor is None else {"cursor": page.next_cursor, "resume": resume}
+            await jobs_db.set_progress(conn, r.job_id, progress, tally.counts)
+
+    def _compare(
+        self, record: ProviderRecord, data: dict[str, Any], known: Any, auth: VenueAuth
+    ) -> tuple[str, tuple[Any, ...] | None, outbox_db.OutboxMessage | None]:
+        digest = content_hash(data)
+        if known is not None:
+            unchanged = known["content_hash"] == digest and known["deleted"] == record.deleted
+            older = (
+                known["updated_at"] is not None
+                and record.updated_at is not None
+                and record.updated_at < known["updated_at"]
+            )
+            if unchanged or older:
+                return "skipped", None, None
+        platform_id = (known["platform_id"] if known is not None else None) or _platform_id(data)
+        version = record.version or digest
+        state = (record.external_id, platform_id, version, record.updated_at, digest, record.deleted)
+        event = self._event(
+            record.external_id, platform_id, data, version, deleted=record.deleted, account=auth.account_id
+        )
+        return ("created" if known is None else "updated"), state, event
+
+    def _event(
+        self,
+        external_id: str,
+        platform_id: str | None,
+        data: dict[str, Any],
+        version: str,
+        *,
+        deleted: bool = False,
+        account: str | None = None,
+    ) -> outbox_db.OutboxMessage:
+        r = self._r
+        event = RecordEvent(
+            venue_id=r.venue_id,
+            provider=r.provider,
+            entity=r.entity,
+            op="deleted" if deleted else "upserted",
+            external_id=external_id,
+            platform_id=platform_id,
+            data=data,
+            source="sync",
+            occurred_at=utcnow(),
+            event_id=record_event_id(r.provider, account or r.venue_id, r.entity, external_id, version),
+        )
+        self._d.metrics.record_events.labels(r.provider, r.entity, event.op, "sync").inc()
+        return self._d.routes.record_event(event)
+
+    # Finish --------------------------------------------------------------------------
+
+    async def _finish(self, tally: Tally, started_at: Any) -> tuple[str, tuple[int, ...]]:
+        from service.engine import finish
+
+        r = self._r
+        counts = tally.job_counts()
+        status = final_status(counts)
+        result = JobResult(
+            job_id=r.job_id,
+            venue_id=r.venue_id,
+            provider=r.provider,
+            entity=r.entity,
+            direction=r.direction,
+            status=status,
+            counts=counts,  # type: ignore[arg-type]
+            errors=tally.errors,
+            started_at=started_at or utcnow(),
+            finished_at=utcnow(),
+        )
+        async with self._d.pool.acquire() as conn, conn.transaction():
+            messages = await finish(conn, self._d.routes, result, self._delivery)
+            self._outbox_ids += await outbox_db.enqueue(conn, messages)
+        for outcome in ("created", "updated", "skipped", "failed"):
+            if tally.counts[outcome]:
+                self._d.metrics.records_processed.labels(r.provider, r.entity, outcome).inc(
+                    tally.counts[outcome]
+                )
+        log.info("sync_finished", status=status, **tally.counts)
+        return status, tuple(self._outbox_ids)
+
+
+def _platform_id(data: dict[str, Any]) -> str | None:
+    value = data.get("id")
+    return str(value) if value not in (None, "") else None
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
