@@ -274,8 +274,7 @@ def _observe(metrics: Metrics | None, provider: str, operation: str, status: int
         metrics.provider_calls.labels(
             provider=provider, operation=operation, status_class=status_class(status)).inc()
         metrics.provider_call_duration.labels(provider=provider, operation=operation).observe(duration_s)
-        if status == 429:
-            metrics.rate_limited.labels(provider=provider).inc()
+        # 429s are counted by the limiter's observer when penalize() is called, not here.
     log.debug("provider_call", provider=provider, operation=operation, status=status,
               duration_s=round(duration_s, 4))
 
