@@ -137,6 +137,12 @@ class KmsKeyProvider:
         except (BotoCoreError, TimeoutError) as exc:
             raise NetworkError(f"KMS {operation} failed: {exc.__class__.__name__}") from exc
 
+    async def close(self) -> None:
+        """Close the boto3 client's connections (idempotent)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await asyncio.to_thread(client.close)
+
     async def generate_data_key(self, context: dict[str, str]) -> tuple[bytes, bytes]:
         reply = await self._call(
             "generate_data_key", KeyId=self.key_id, KeySpec="AES_256", EncryptionContext=context
