@@ -14,7 +14,7 @@ import aio_pika
 from aiohttp import web
 from aiohttp.test_utils import TestServer, unused_port
 
-from consumers.topology import WEBHOOK_QUEUE, WEBHOOKS_EXCHANGE, webhook_routing_key
+from consumers.topology import WEBHOOK_QUEUE
 from service.errors import NetworkError
 from service.httpcommon import ReadinessCheck
 from service.ingress import IngressConfig, WebhookDirectory, create_app
@@ -57,47 +57,6 @@ class FakeDirectory:
     async def webhook_secret(self, venue_id: str, provider: str) -> str | None:
         self.secret_lookups += 1
         return self.secrets.get((venue_id, provider))
-
-
-class ConfirmPublisher:
-    """A tiny real aio-pika publisher with confirms (until consumers/publishers.py lands)."""
-
-    def __init__(
-        self,
-        connection: aio_pika.abc.AbstractConnection,
-        channel: aio_pika.abc.AbstractChannel,
-        exchange: aio_pika.abc.AbstractExchange,
-    ) -> None:
-        self.connection, self._channel, self._exchange = connection, channel, exchange
-
-    @classmethod
-    async def connect(cls, amqp_url: str) -> ConfirmPublisher:
-        connection = await aio_pika.connect(amqp_url, timeout=10)
-        channel = await connection.channel(publisher_confirms=True)
-        exchange = await channel.get_exchange(WEBHOOKS_EXCHANGE, ensure=True)
-        return cls(connection, channel, exchange)
-
-    async def publish_webhook(
-        self, message: VerifiedWebhook, *, message_id: str, timeout_s: float = 2.0
-    ) -> None:
-        amqp_message = aio_pika.Message(
-            message.to_json_bytes(),
-            content_type="application/json",
-            message_id=message_id,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        )
-        try:
-            await self._exchange.publish(
-                amqp_message, routing_key=webhook_routing_key(message.provider), timeout=timeout_s
-            )
-        except Exception as exc:
-            raise NetworkError(f"publish failed: {type(exc).__name__}") from exc
-
-    async def publish_sync_request(self, *args: Any, **kwargs: Any) -> None:
-        raise AssertionError("the ingress never publishes sync requests")
-
-    async def close(self) -> None:
-        await self.connection.close()
 
 
 @dataclass
