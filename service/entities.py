@@ -26,6 +26,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     JsonValue,
@@ -46,8 +47,11 @@ def _rfc3339(value: datetime) -> str:
     return text.removesuffix("+00:00") + "Z"
 
 
-def _decimal_text(value: str) -> str:
-    Decimal(value)  # raises on junk; the text itself is kept as sent
+def _quantity_text(value: Any) -> Any:
+    """A number becomes its decimal text (QuickBooks sends 1, Square "1"); text stays as sent."""
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        text = format(Decimal(str(value)), "f")
+        return text.rstrip("0").rstrip(".") if "." in text else text
     return value
 
 
@@ -56,7 +60,7 @@ CountryCode = Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-
 CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, upper case")]
 E164Phone = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{1,14}$", description="E.164")]
 Email = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]
-Quantity = Annotated[str, Field(pattern=r"^-?[0-9]+(\.[0-9]+)?$"), AfterValidator(_decimal_text)]
+Quantity = Annotated[str, BeforeValidator(_quantity_text), Field(pattern=r"^-?[0-9]+(\.[0-9]+)?$")]
 Metadata = dict[str, JsonValue]
 
 
