@@ -8,12 +8,13 @@ every request under a provider prefix (``/stripe``, ``/square``, ...), in this o
 1. read the body (``request["body"]``, bytes);
 2. resolve the account with ``plugin.identify`` unless ``plugin.is_public`` (token and
    metadata endpoints authenticate themselves and may set ``request["account"]``);
-3. apply matching faults: latency waits; a status fault answers ``plugin.error_response``
+3. apply matching faults: a status fault (after its latency) answers ``plugin.error_response``
    before the handler runs (so nothing is stored); ``"timeout"`` runs the handler, then
    holds the connection (60 s) and closes it without answering;
 4. unknown credentials -> ``plugin.unauthorized``;
 5. per-account limits (sliding 1 s and 1 min windows, in-flight cap) -> ``plugin.rate_limited``;
-6. the handler, with ``request["account"]`` and ``request["body"]`` set;
+6. a latency fault's wait (counted as in flight, like a slow provider), then the handler,
+   with ``request["account"]`` and ``request["body"]`` set;
 7. the call is logged in arrival order (401s, 429s, faults and token calls included).
 
 Nothing here imports the service: the sandbox must be able to disagree with our client.
@@ -339,19 +340,20 @@ async def _dispatch(
     request["account"] = account
     if account is not None:
         entry["account"] = account.name
-    timeout = False
+    latency_s, timeout = 0.0, False
     if state.faults:
         for fault in state.firing_faults(plugin.name, account, entry["path"]):
-            if fault.latency_ms:
-                await asyncio.sleep(fault.latency_ms / 1000.0)
+            latency_s += fault.latency_ms / 1000.0
             if fault.status == "timeout":
                 timeout = True
             elif fault.status is not None:
                 entry["fault"] = "status"
+                if latency_s:
+                    await asyncio.sleep(latency_s)
                 return plugin.error_response(request, int(fault.status))
     if account is None and not public:
         return plugin.unauthorized(request)
-    response = await _limited(state, plugin, request, handler, account, entry)
+    response = await _limited(state, plugin, request, handler, account, entry, latency_s)
     if timeout:
         entry["status"] = response.status
         entry["fault"] = "timeout"
@@ -366,8 +368,12 @@ async def _limited(
     handler: Handler,
     account: Account | None,
     entry: dict[str, Any],
+    latency_s: float,
 ) -> web.StreamResponse:
+    """Admit the call under the account's limits, then run it (a latency fault counts as in flight)."""
     if account is None:
+        if latency_s:
+            await asyncio.sleep(latency_s)
         response = await _run(plugin, request, handler)
         named = request.get("account")
         if named is not None:
@@ -377,6 +383,8 @@ async def _limited(
     if not usage.admit(plugin.limits(account), state.clock()):
         return plugin.rate_limited(request)
     try:
+        if latency_s:
+            await asyncio.sleep(latency_s)
         return await _run(plugin, request, handler)
     finally:
         usage.in_flight -= 1
