@@ -20,24 +20,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 from providers.base import ParsedWebhook, WebhookChange
 from service.errors import DataError
 
+_FRACTION = re.compile(r"\.(\d+)")  # Python keeps at most microseconds
 ENTITY_BY_NAME = {"customer": "customers", "invoice": "invoices", "payment": "payments"}
 _DELETE_OPS = {"delete", "deleted"}
 
 
 def parse_time(value: Any) -> datetime | None:
-    """An ISO 8601 time (``Z`` or offset), else None."""
+    """An ISO 8601 time as an aware datetime (``Z`` or an offset; none means UTC), else None."""
     if not isinstance(value, str) or not value:
         return None
+    text = _FRACTION.sub(lambda m: "." + m.group(1)[:6], value.replace("Z", "+00:00"))
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def parse_webhook(body: bytes) -> ParsedWebhook:

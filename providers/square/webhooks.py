@@ -12,30 +12,29 @@ Event types we do not sync (payments, refunds, invoices, test notifications) yie
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from providers.base import ParsedWebhook, ProviderRecord, WebhookChange
 from service.errors import DataError
 
+_FRACTION = re.compile(r"\.(\d+)")  # Python keeps at most microseconds
 _OPS: dict[str, Literal["upserted", "deleted"]] = {
     "created": "upserted", "updated": "upserted", "deleted": "deleted",
 }
 
 
 def parse_time(value: Any) -> datetime | None:
-    """An RFC 3339 time (Square sends nanoseconds and ``Z``), else None."""
+    """An RFC 3339 time as an aware datetime (Square sends nanoseconds and ``Z``), else None."""
     if not isinstance(value, str) or not value:
         return None
-    text = value.replace("Z", "+00:00").replace("z", "+00:00")
-    if "." in text:  # Python keeps at most microseconds
-        head, _, tail = text.partition(".")
-        digits = "".join(c for c in tail if c.isdigit())
-        text = f"{head}.{digits[:6].ljust(6, '0')}{tail[len(digits):]}"
+    text = _FRACTION.sub(lambda m: "." + m.group(1)[:6], value.replace("Z", "+00:00").replace("z", "+00:00"))
     try:
-        return datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def inventory_external_id(count: dict[str, Any]) -> str:
