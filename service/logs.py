@@ -48,7 +48,7 @@ _AUTH_HEADER = re.compile(
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@")
 
 
-_CHATTY_LIBRARIES = ("aio_pika", "aiormq", "asyncpg", "botocore", "boto3", "urllib3", "s3transfer")
+_CHATTY_LIBRARIES = ("asyncio", "aio_pika", "aiormq", "asyncpg", "botocore", "boto3", "urllib3", "s3transfer")
 
 
 def redact_text(text: str) -> str:
