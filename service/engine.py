@@ -260,15 +260,10 @@ class Engine:
             value = raw.get(name)
             return value if isinstance(value, str) else "unknown"
 
-        await jobs_db.ensure_job_row(
-            conn,
-            job_id=job_id,
-            venue_id=text("venue_id"),
-            provider=text("provider"),
-            entity=text("entity"),
-            direction=text("direction"),
-            mode="full" if raw.get("mode") == "full" else "incremental",
-        )
+        direction = "push" if raw.get("direction") == "push" else "pull"  # the contract's default
+        mode = "full" if raw.get("mode") == "full" else "incremental"
+        await jobs_db.ensure_job_row(conn, job_id=job_id, venue_id=text("venue_id"), provider=text("provider"),
+                                     entity=text("entity"), direction=direction, mode=mode)
         row = await jobs_db.get_job(conn, job_id, for_update=True)
         assert row is not None
         counts = JobCounts.model_validate(row["counts"]) if row["status"] != "failed" else JobCounts()

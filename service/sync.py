@@ -133,6 +133,7 @@ class JobRunner:
     # Push ----------------------------------------------------------------------------
 
     async def _push(self, client: Any, auth: VenueAuth, tally: Tally) -> None:
+        from service.entities import parse_record
         from service.mapping import to_provider
 
         r = self._r
@@ -154,7 +155,8 @@ class JobRunner:
             if (record_id, operation) in done:
                 continue  # stored by an earlier delivery of this job
             try:
-                payload = to_provider(mapping, record)
+                shape = parse_record(r.provider, r.entity, record)  # the platform shape, checked
+                payload = to_provider(mapping, shape.model_dump(mode="json", exclude_unset=True))
             except IntegrationError as exc:
                 invalid.append((record_id, exc))
                 continue
@@ -164,7 +166,7 @@ class JobRunner:
         size = max(1, client.batch_size(r.entity))
         for batch in _chunks(pending, size):
             results = await client.push_batch(auth, r.entity, [item for item, _ in batch], options=r.options)
-            await self._store_push_results(batch, results, tally)
+            await self._store_push_results(batch, results, tally, mapping)
 
     async def _store_invalid(self, invalid: list[tuple[str | None, IntegrationError]], tally: Tally) -> None:
         if not invalid:
@@ -179,7 +181,8 @@ class JobRunner:
             await jobs_db.set_progress(conn, self._r.job_id, None, tally.counts)
 
     async def _store_push_results(
-        self, batch: list[tuple[PushItem, dict[str, Any]]], results: list[PushResult], tally: Tally
+        self, batch: list[tuple[PushItem, dict[str, Any]]], results: list[PushResult], tally: Tally,
+        mapping: Any,
     ) -> None:
         from service.engine import RetryLater
 
@@ -214,9 +217,10 @@ class JobRunner:
             )
             tally.add(result.outcome, error, item.record_id)
             if result.outcome != "failed" and result.external_id:
-                version = content_hash(result.data or record)
+                data = self._platform_view(mapping, result.data, record)
+                version = content_hash(data)
                 states.append((result.external_id, item.record_id, version, None, version, False))
-                events.append(self._event(result.external_id, item.record_id, record, version))
+                events.append(self._event(result.external_id, item.record_id, data, version))
         async with self._d.pool.acquire() as conn, conn.transaction():
             await jobs_db.log_records(conn, r.job_id, log_rows)
             await jobs_db.upsert_record_states(conn, r.venue_id, r.provider, r.entity, states)
@@ -224,6 +228,18 @@ class JobRunner:
             await jobs_db.set_progress(conn, r.job_id, None, tally.counts)
         if transient is not None:
             raise RetryLater(transient)
+
+    @staticmethod
+    def _platform_view(mapping: Any, provider_data: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, Any]:
+        """The written record as a pull would see it, so the next pull finds it unchanged."""
+        from service.mapping import to_platform
+
+        if not provider_data:
+            return record
+        try:
+            return to_platform(mapping, provider_data)
+        except IntegrationError:
+            return record
 
     # Pull ----------------------------------------------------------------------------
 

@@ -110,7 +110,7 @@ async def finish_job(
     await conn.execute(
         """UPDATE sync_jobs SET status = $2, counts = $3, errors = $4, result = $5,
                finished_at = $6, progress = NULL, updated_at = now(),
-               last_error = CASE WHEN $2 = 'failed' THEN ($4 -> 0 ->> 'message') ELSE NULL END
+               last_error = CASE WHEN $2 = 'failed' THEN ($4::jsonb -> -1 ->> 'message') ELSE NULL END
            WHERE job_id = $1""",
         job_id,
         status,
