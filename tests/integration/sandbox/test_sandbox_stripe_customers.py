@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-import urllib.error
 import urllib.request
 import uuid
 from typing import Any
 
 import pytest
+import requests
 import stripe
 
 from tests.integration.sandbox.stripe_helpers import stripe_account, stripe_client
@@ -164,13 +164,11 @@ def test_live_keys_allow_more_than_25_per_second(sandbox_server: Any) -> None:
 def test_unrecognized_url_is_stripes_404(sandbox_server: Any) -> None:
     """A path Stripe does not have answers Stripe's own 404 body."""
     _, key = stripe_account(sandbox_server)
-    request = urllib.request.Request(
-        f"{sandbox_server.url}/stripe/v1/nothing", headers={"Authorization": f"Bearer {key}"}
+    answer = requests.get(
+        f"{sandbox_server.url}/stripe/v1/nothing", headers={"Authorization": f"Bearer {key}"}, timeout=5
     )
-    with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(request, timeout=5)
-    body = json.loads(caught.value.read())
-    assert (404, "invalid_request_error") == (caught.value.code, body["error"]["type"])
+    body = answer.json()
+    assert (404, "invalid_request_error") == (answer.status_code, body["error"]["type"])
     assert body["error"]["message"].startswith("Unrecognized request URL (GET: /v1/nothing)")
 
 
