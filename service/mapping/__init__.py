@@ -175,6 +175,8 @@ class _Step:
     entry: MappingEntry
     partner: MappingEntry | None = None  # the other half of a split_name / join_name group
     excluded: tuple[Path, ...] = ()      # provider sub-paths other entries map (pull only)
+    broadcast: bool = False              # one provider value for every platform list element
+    in_list: bool = False                # the platform path has a []
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,8 @@ def _compile(entries: Sequence[MappingEntry], direction: str) -> tuple[_Step, ..
             steps.append(_Step(entry, partner))
             continue
         excluded = _excluded_subpaths(active, entry) if direction == "pull" else ()
-        steps.append(_Step(entry, None, excluded))
+        steps.append(_Step(entry, None, excluded, _is_broadcast(entry),
+                           bool(paths.each_count(entry.platform_path))))
     return tuple(sorted(steps, key=lambda step: _order(step, direction)))
 
 
@@ -309,7 +312,7 @@ def to_platform(mapping: Mapping | Sequence[MappingEntry], provider_record: dict
         else:
             _pull_value(step, provider_record, out)
     for step in compiled.pull_steps:
-        if _is_broadcast(step.entry):
+        if step.broadcast:
             paths.prune_lone(out, step.entry.platform_path)
     return out
 
@@ -331,13 +334,13 @@ def _pull_value(step: _Step, source: dict[str, Any], out: dict[str, Any]) -> Non
     value = paths.read(source, entry.provider_path)
     if step.excluded and value is not MISSING:
         value = paths.without(value, step.excluded)
-    if _is_broadcast(entry):
+    if step.broadcast:
         count = paths.list_length(out, entry.platform_path)
         if not count:
             return
         value = Each([value] * count)
     convert = _converter(entry, "pull", out)
-    result = _each_or_one(entry, value, convert, "pull")
+    result = _each_or_one(step, value, convert, "pull")
     if result is not MISSING:
         paths.write(out, entry.platform_path, result)
 
@@ -346,8 +349,8 @@ def _push_value(step: _Step, source: dict[str, Any], out: dict[str, Any]) -> Non
     entry = step.entry
     value = paths.read(source, entry.platform_path)
     convert = _converter(entry, "push", source)
-    result = _each_or_one(entry, value, convert, "push")
-    if isinstance(result, Each) and _is_broadcast(entry):
+    result = _each_or_one(step, value, convert, "push")
+    if isinstance(result, Each) and step.broadcast:
         result = _collapse(entry, result)
     if result is not MISSING:
         paths.write(out, entry.provider_path, result)
@@ -356,10 +359,11 @@ def _push_value(step: _Step, source: dict[str, Any], out: dict[str, Any]) -> Non
 Converter = Callable[[Any, int | None], Any]
 
 
-def _each_or_one(entry: MappingEntry, value: Any, convert: Converter, direction: str) -> Any:
+def _each_or_one(step: _Step, value: Any, convert: Converter, direction: str) -> Any:
+    entry = step.entry
     if isinstance(value, Each):
         return Each([_one(entry, item, convert, direction, i) for i, item in enumerate(value)])
-    if value is MISSING and paths.each_count(entry.platform_path):
+    if value is MISSING and step.in_list:
         return MISSING  # no list at all: no element to fill or require
     return _one(entry, value, convert, direction, None)
 

@@ -85,12 +85,21 @@ def _e164(value: Any, context: Context) -> str:
     if not text.startswith("+"):
         country = read(context.platform_record, (Segment("address"), Segment("country")))
         region = country if isinstance(country, str) else None
+    formatted = _format_e164(text, region)
+    if formatted.startswith("+"):
+        return formatted
+    raise context.fail(f'{formatted} "{text}"')
+
+
+@functools.lru_cache(maxsize=4096)
+def _format_e164(text: str, region: str | None) -> str:
+    """The E.164 form of a number, or what is wrong with it (text without a leading +)."""
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
-        raise context.fail(f'not a phone number "{text}"') from None
+        return "not a phone number"
     if not phonenumbers.is_possible_number(number):
-        raise context.fail(f'not a possible phone number "{text}"')
+        return "not a possible phone number"
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
