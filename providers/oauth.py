@@ -239,6 +239,18 @@ def _expiry(fresh: dict[str, Any], *, now: datetime) -> str | None:
     return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+class Refresher(TokenRefresher):
+    """TokenRefresher wired as lifecycle builds it: the PostgreSQL lock on ``pool`` and the
+    shared session of ``http`` (a providers.http.ProviderHttp)."""
+
+    def __init__(self, *, settings: Settings, vault: RefreshVault, pool: Any, http: Any,
+                 metrics: Metrics | None = None) -> None:
+        from service.database.locks import PgCredentialLocks
+
+        super().__init__(settings, vault, locks=PgCredentialLocks(pool), session=http.session,
+                         metrics=metrics)
+
+
 def _default_locks(vault: Any) -> CredentialLocks:
     # `credentials rotate` reaches here through lifecycle.refresh_now with no lock injected:
     # the default is the PostgreSQL one on the vault's own pool.
