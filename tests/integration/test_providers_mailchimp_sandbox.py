@@ -205,7 +205,10 @@ async def test_fetch_record_health_and_webhook(client: MailchimpClient, auth: St
     )
     found = await client.fetch_record(auth, "contacts", f"{list_id}/{subscriber_hash('w@example.com')}")
     await client.check_health()
-    body = f"type=profile&fired_at=2026-01-01+10%3A00%3A00&data%5Bemail%5D=w%40example.com&data%5Blist_id%5D={list_id}"
+    body = (
+        "type=profile&fired_at=2026-01-01+10%3A00%3A00&data%5Bemail%5D=w%40example.com"
+        f"&data%5Blist_id%5D={list_id}"
+    )
     hook = VerifiedWebhook(
         provider="mailchimp",
         venue_id="v",
