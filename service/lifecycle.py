@@ -230,7 +230,9 @@ class Daemon:
         """Run until ``stop`` is set (SIGTERM/SIGINT), then shut down gracefully."""
         from aiohttp import web
 
+        from consumers.publishers import MessageRoutes
         from service.health import HealthMonitor
+        from service.schedules import schedule_loop
 
         checks = {name: client.check_health for name, client in self.app.clients.items()}
         self.monitor = HealthMonitor(
@@ -248,8 +250,8 @@ class Daemon:
                 tasks.create_task(self.app.relay.run(self.stop), name="outbox-relay")
                 tasks.create_task(self.monitor.run(self.stop), name="health-monitor")
                 tasks.create_task(self._housekeeping(), name="housekeeping")
-                for extra in _extra_loops():
-                    tasks.create_task(extra(self.app, self.stop), name=extra.__name__)
+                tasks.create_task(schedule_loop(self.app.pool, MessageRoutes(), self.app.relay, self.stop),
+                                  name="schedules")
                 await self._start_consumers()
                 log.info("daemon_ready", port=self.port)
                 if on_ready:
@@ -282,15 +284,6 @@ class Daemon:
                 await asyncio.wait_for(self.stop.wait(), timeout=3600)
             except TimeoutError:
                 pass
-
-
-def _extra_loops() -> list[Any]:
-    """Background loops other slices add (the schedule publisher)."""
-    try:
-        from service.schedules import schedule_loop
-    except ImportError:
-        return []
-    return [schedule_loop]
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -1,0 +1,71 @@
+"""Schedules: parsing, the CLI, and one publish per due time across concurrent publishers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from consumers.publishers import MessageRoutes
+from service.errors import ValidationError
+from service.schedules import _next_due, parse_every, publish_due, upsert
+from service.vault import Vault, key_provider_from_settings
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("60s", 60), ("15m", 900), ("2h", 7200), (" 5m ", 300)])
+def test_parse_every_accepts_units(text: str, seconds: int) -> None:
+    """<n>s/m/h parse to seconds."""
+    assert seconds == parse_every(text)
+
+
+@pytest.mark.parametrize("text", ["59s", "1m30", "15", "m", "-5m", "1d"])
+def test_parse_every_refuses_bad_or_short_intervals(text: str) -> None:
+    """Anything else, or under 60 s, is a one-line validation error naming --every."""
+    with pytest.raises(ValidationError, match="--every"):
+        parse_every(text)
+
+
+def test_next_due_skips_missed_runs_and_stays_on_the_grid() -> None:
+    """After downtime the next run is the first grid point after now, not a burst of catch-ups."""
+    due = datetime(2026, 1, 1, tzinfo=UTC)
+    now = due + timedelta(seconds=1000)
+    assert due + timedelta(seconds=1200) == _next_due(due, 300, now)
+
+
+async def test_concurrent_publishers_publish_each_due_time_once(pool: Any, settings: Any, venue_id: str) -> None:
+    """Five concurrent publish passes (as from five daemons) enqueue the due pull once."""
+    await upsert(pool, venue_id=venue_id, provider="stripe", entity="customers", every_s=600, options={})
+    results = await asyncio.gather(*(publish_due(pool, MessageRoutes()) for _ in range(5)))
+    ids = [i for batch in results for i in batch]
+    bodies = await pool.fetch("SELECT body FROM outbox WHERE id = ANY($1::bigint[])", ids)
+    mine = [json.loads(bytes(b["body"])) for b in bodies if json.loads(bytes(b["body"]))["venue_id"] == venue_id]
+    assert 1 == len(mine)
+    assert ("pull", "incremental") == (mine[0]["direction"], mine[0]["mode"])
+    next_run = await pool.fetchval("SELECT next_run_at FROM schedules WHERE venue_id = $1", venue_id)
+    assert next_run > datetime.now(UTC) + timedelta(seconds=500)
+
+
+async def test_schedules_cli_set_list_delete(pool: Any, settings: Any, service_env: dict[str, str], venue_id: str) -> None:
+    """The CLI stores, lists (JSON) and deletes a schedule; an unknown venue exits 2."""
+    await Vault(pool, key_provider_from_settings(settings)).set(venue_id, "stripe", "api_key", "sk_test_abc123")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([".venv/bin/integration-service", "schedules", *args], env=service_env,
+                              capture_output=True, text=True, timeout=60)
+
+    base = ["--venue", venue_id, "--provider", "stripe", "--entity", "customers"]
+    assert 0 == cli("set", *base, "--every", "15m").returncode
+    listed = [json.loads(line) for line in cli("list", "--json").stdout.splitlines()]
+    mine = [item for item in listed if item["venue_id"] == venue_id]
+    assert [900] == [item["every_seconds"] for item in mine]
+    assert {"venue_id", "provider", "entity", "every_seconds", "next_run_at"} <= set(mine[0])
+    unknown = cli("set", "--venue", "nobody-here", "--provider", "stripe", "--entity", "customers", "--every", "5m")
+    assert 2 == unknown.returncode and 1 == len(unknown.stderr.strip().splitlines())
+    short = cli("set", *base, "--every", "30s")
+    assert 2 == short.returncode and "--every" in short.stderr
+    assert 0 == cli("delete", *base).returncode
+    assert 2 == cli("delete", *base).returncode
