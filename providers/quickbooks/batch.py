@@ -138,7 +138,8 @@ async def read_sync_tokens(api: QuickBooksApi, auth: VenueAuth, name: str, ids: 
     if not safe:
         return {}
     quoted = ", ".join(f"'{i}'" for i in safe)
-    statement = f"SELECT * FROM {name} WHERE Id IN ({quoted}) MAXRESULTS {max(len(safe), 1)}"
+    active = "Active IN (true, false) AND " if name == "Customer" else ""  # inactive ones too
+    statement = f"SELECT * FROM {name} WHERE {active}Id IN ({quoted}) MAXRESULTS {max(len(safe), 1)}"
     response = await api.query(auth, statement, operation="read_sync_tokens")
     rows = rows_of(response, name, operation="read_sync_tokens")
     return {str(r["Id"]): str(r["SyncToken"]) for r in rows

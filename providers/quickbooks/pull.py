@@ -1,8 +1,16 @@
 """QuickBooks pulls: customers, invoices and payments by query, company_info by read.
 
-``SELECT * FROM <Entity> [WHERE MetaData.LastUpdatedTime > '<since>'] ORDERBY
+``SELECT * FROM <Entity> [WHERE MetaData.LastUpdatedTime >= '<since>'] ORDERBY
 MetaData.LastUpdatedTime STARTPOSITION <n> MAXRESULTS 1000``: incremental with the WHERE,
 full without. A page shorter than 1000 rows is the last one.
+
+Customers add ``Active IN (true, false)``: a Customer query that does not name ``Active``
+returns active customers only, and a customer made inactive is QuickBooks' delete, which
+an incremental pull must see.
+
+Why ``>=`` and not ``>``: MetaData times are whole seconds, so with ``>`` a record updated
+later within the same second as the stored cursor would never be pulled. With ``>=`` the
+records of that boundary second are read again, and the engine skips them as unchanged.
 
 Cursors: ``next_cursor`` = ``{"since": <time or None>, "start": <next STARTPOSITION>,
 "max": <latest LastUpdatedTime so far>}``; ``resume_cursor`` = ``{"last_updated_time": ...}``
@@ -40,7 +48,10 @@ def since_literal(value: Any) -> str:
 
 def build_query(name: str, *, since: str | None, start: int, size: int = PAGE_SIZE) -> str:
     """The paged query for one entity (``since`` None: a full pull)."""
-    where = f" WHERE MetaData.LastUpdatedTime > '{since_literal(since)}'" if since is not None else ""
+    conditions = ["Active IN (true, false)"] if name == "Customer" else []
+    if since is not None:
+        conditions.append(f"MetaData.LastUpdatedTime >= '{since_literal(since)}'")
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
     return (f"SELECT * FROM {name}{where} ORDERBY MetaData.LastUpdatedTime "
             f"STARTPOSITION {start} MAXRESULTS {size}")
 

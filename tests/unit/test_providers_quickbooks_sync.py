@@ -97,8 +97,10 @@ async def test_full_pull_pages_by_startposition_then_resumes(
         second = await client.pull_page(auth, "customers", cursor=first.next_cursor, resume=None, options={})
     queries = [c[2]["query"] for c in rec.calls]
     assert [
-        "SELECT * FROM Customer ORDERBY MetaData.LastUpdatedTime STARTPOSITION 1 MAXRESULTS 1000",
-        "SELECT * FROM Customer ORDERBY MetaData.LastUpdatedTime STARTPOSITION 1001 MAXRESULTS 1000",
+        "SELECT * FROM Customer WHERE Active IN (true, false) ORDERBY MetaData.LastUpdatedTime "
+        "STARTPOSITION 1 MAXRESULTS 1000",
+        "SELECT * FROM Customer WHERE Active IN (true, false) ORDERBY MetaData.LastUpdatedTime "
+        "STARTPOSITION 1001 MAXRESULTS 1000",
     ] == queries
     assert (1000, None) == (len(first.records), first.resume_cursor)
     assert {"last_updated_time": "2025-02-01T00:00:00-08:00"} == second.resume_cursor
@@ -120,7 +122,7 @@ async def test_incremental_pull_filters_on_last_updated_time(
             options={},
         )
     assert (
-        "SELECT * FROM Invoice WHERE MetaData.LastUpdatedTime > '2025-01-01T10:00:00-08:00' "
+        "SELECT * FROM Invoice WHERE MetaData.LastUpdatedTime >= '2025-01-01T10:00:00-08:00' "
         "ORDERBY MetaData.LastUpdatedTime STARTPOSITION 1 MAXRESULTS 1000"
     ) == rec.calls[0][2]["query"]
     assert ([], {"last_updated_time": "2025-01-01T10:00:00-08:00"}) == (page.records, page.resume_cursor)
@@ -235,7 +237,10 @@ async def test_update_reads_the_synctoken_and_sends_sparse(
         rec.add("POST", "/batch", answer)
         (result,) = await client.push_batch(auth, "customers", [item(1, external_id="7")], options={})
     sent = rec.calls[1][3]["BatchItemRequest"][0]
-    assert "SELECT * FROM Customer WHERE Id IN ('7') MAXRESULTS 1" == rec.calls[0][2]["query"]
+    assert (
+        "SELECT * FROM Customer WHERE Active IN (true, false) AND Id IN ('7') MAXRESULTS 1"
+        == rec.calls[0][2]["query"]
+    )
     assert ("update", "7", "4", True) == (
         sent["operation"],
         sent["Customer"]["Id"],
