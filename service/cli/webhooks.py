@@ -16,12 +16,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import click
 
-from providers.webhooks import EVENT_TYPES, route_path
 from service.cli import CommandError, load, run_async
 from service.config import PROVIDERS, Settings
 from service.errors import (
@@ -31,7 +29,11 @@ from service.errors import (
     UnknownEntityError,
 )
 
-HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30)
+if TYPE_CHECKING:
+    import aiohttp
+
+# Imported inside the commands (stripe, aiohttp): every CLI command loads this module.
+HTTP_TIMEOUT_S = 30.0
 MAILCHIMP_EVENTS = {"subscribe": True, "unsubscribe": True, "profile": True, "upemail": True,
                     "cleaned": True, "campaign": False}
 # Not "api": our own pushes would come straight back as webhooks.
@@ -59,6 +61,8 @@ def register(venue: str, provider: str, list_id: str | None) -> None:
     Square and QuickBooks webhooks are app-wide: this prints what to set in their developer
     consoles instead.
     """
+    from providers.webhooks import route_path
+
     settings = load()
     if provider in CONSOLE:
         _print_console_steps(settings, provider)
@@ -76,6 +80,8 @@ def register(venue: str, provider: str, list_id: str | None) -> None:
 
 
 def _print_console_steps(settings: Settings, provider: str) -> None:
+    from providers.webhooks import EVENT_TYPES, route_path
+
     where, variable, what = CONSOLE[provider]
     url = settings.ingress_public_url + route_path(provider)
     click.echo(f"{provider} webhooks are app-wide: set them once in the {where}.")
@@ -89,6 +95,7 @@ def _print_console_steps(settings: Settings, provider: str) -> None:
 
 async def register_stripe(settings: Settings, venue: str) -> str:
     """Ensure the venue's Stripe endpoint exists with a secret we hold: created/replaced/unchanged."""
+    from providers.webhooks import route_path
     from service.lifecycle import open_vault
 
     async with open_vault(settings) as vault:
@@ -121,6 +128,8 @@ def _ensure_stripe_endpoint(
 ) -> tuple[str, str | None]:
     """(outcome, new signing secret or None), talking to Stripe through its SDK."""
     import stripe
+
+    from providers.webhooks import EVENT_TYPES
 
     client = stripe.StripeClient(api_key, base_addresses={"api": api_base}, max_network_retries=0)
     try:
@@ -158,6 +167,9 @@ def _stripe_error(exc: Any) -> Exception:
 
 async def register_mailchimp(settings: Settings, venue: str, list_id: str) -> str:
     """Ensure the list webhook carries the venue's token: created/replaced/unchanged."""
+    import aiohttp
+
+    from providers.webhooks import route_path
     from service.lifecycle import open_vault
 
     async with open_vault(settings) as vault:
@@ -171,7 +183,8 @@ async def register_mailchimp(settings: Settings, venue: str, list_id: str) -> st
         url = settings.ingress_public_url + route_path("mailchimp", venue, token)
         prefix = settings.ingress_public_url + route_path("mailchimp", venue, "")
         hooks_url = f"{base}/3.0/lists/{list_id}/webhooks"
-        async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT, headers=headers) as http:
+        timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as http:
             existing = (await _mailchimp_call(http, "GET", hooks_url, list_id))["webhooks"]
             ours = [h for h in existing if h.get("url") == url]
             stale = [h for h in existing if str(h.get("url", "")).startswith(prefix) and h.get("url") != url]
@@ -205,6 +218,8 @@ def _mailchimp_target(settings: Settings, credential: Any) -> tuple[str, dict[st
 async def _mailchimp_call(
     http: aiohttp.ClientSession, method: str, url: str, list_id: str, *, json: Any = None
 ) -> Any:
+    import aiohttp
+
     try:
         async with http.request(method, url, json=json) as response:
             text = await response.text()
