@@ -226,6 +226,8 @@ class BalanceTransaction(Shape):
 class InventoryCount(Shape):
     """Stock of one catalog item at one location (Square); pushed as a physical count."""
 
+    id: str | None = None  # the platform id, so a pushed record can be told apart
+
     catalog_object_external_id: str
     location_external_id: str
     state: str | None = None
@@ -247,6 +249,8 @@ class Location(Shape):
 
 class MarketingList(Shape):
     """A Mailchimp audience (list) with what creating one requires."""
+
+    id: str | None = None  # the platform id, so a pushed record can be told apart
 
     external_id: str | None = None
     name: str
