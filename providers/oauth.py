@@ -107,7 +107,8 @@ class TokenRefresher:
             self._count(provider, "failed")
             raise
         self._count(provider, outcome)
-        log.info("credential_refresh", venue_id=venue_id, provider=provider, outcome=outcome)
+        (log.info if outcome == "succeeded" else log.debug)(
+            "credential_refresh", venue_id=venue_id, provider=provider, outcome=outcome)
         return credential
 
     async def _refresh_locked(self, venue_id: str, provider: str, force: bool,
