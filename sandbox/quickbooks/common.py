@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta, timezone
 from functools import wraps
 from typing import Any
+from xml.sax.saxutils import escape
 
 from aiohttp import web
 
@@ -174,16 +175,73 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def handler(clock: Callable[[], float]) -> Callable[[Handler], Handler]:
-    """Render a :class:`QBError` raised by the handler as a Fault body."""
+    """Render a :class:`QBError` as a Fault body, and answer XML unless JSON was asked for."""
 
     def decorate(func: Handler) -> Handler:
         @wraps(func)
         async def wrapped(request: web.Request) -> web.Response:
             try:
-                return await func(request)
+                response = await func(request)
             except QBError as exc:
-                return fault_response(exc, clock())
+                response = fault_response(exc, clock())
+            if "json" not in request.headers.get("Accept", "") and isinstance(response.body, bytes):
+                return web.Response(  # QBO's default representation is XML
+                    text=to_xml(json.loads(response.body)),
+                    status=response.status,
+                    content_type="application/xml",
+                )
+            return response
 
         return wrapped
 
     return decorate
+
+
+XML_ATTRIBUTES = frozenset(
+    {
+        "domain",
+        "sparse",
+        "startPosition",
+        "maxResults",
+        "totalCount",
+        "type",
+        "code",
+        "element",
+        "name",
+        "status",
+    }
+)
+
+
+def _xml(name: str, value: Any) -> str:
+    if isinstance(value, list):
+        return "".join(_xml(name, item) for item in value)
+    if not isinstance(value, dict):
+        return f"<{name}>{_xml_text(value)}</{name}>"
+    attrs = "".join(
+        f' {k}="{_xml_text(v).replace(chr(34), "&quot;")}"'
+        for k, v in value.items()
+        if k in XML_ATTRIBUTES and not isinstance(v, dict | list)
+    )
+    if "value" in value and not isinstance(
+        value["value"], dict | list
+    ):  # references: <CustomerRef name="">1<
+        return f"<{name}{attrs}>{_xml_text(value['value'])}</{name}>"
+    inner = "".join(
+        _xml(k, v) for k, v in value.items() if k not in XML_ATTRIBUTES or isinstance(v, dict | list)
+    )
+    return f"<{name}{attrs}>{inner}</{name}>"
+
+
+def _xml_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else escape(str(value))
+
+
+def to_xml(payload: dict[str, Any]) -> str:
+    """An ``IntuitResponse`` document for a JSON answer (close to QBO's XML, not byte-exact)."""
+    inner = "".join(_xml(k, v) for k, v in payload.items() if k != "time")
+    return (
+        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+        f'<IntuitResponse xmlns="http://schema.intuit.com/finance/v3" time="{payload.get("time", "")}">'
+        f"{inner}</IntuitResponse>"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -203,3 +204,15 @@ def test_invoice_totals_and_payments_lower_the_balance(qbo: QBO) -> None:
     )
     assert 200 == payment.status_code
     assert 30.0 == qbo.get(f"invoice/{invoice['Id']}").json()["Invoice"]["Balance"]
+
+
+def test_without_accept_json_the_answer_is_xml(qbo: QBO) -> None:
+    """QBO answers XML unless the client asks for JSON, so a missing Accept header shows up."""
+    answer = qbo.session.get(
+        f"{qbo.base}/companyinfo/{qbo.realm}", headers={"Authorization": f"Bearer {qbo.access}"}, timeout=10
+    )
+    assert (200, "application/xml") == (answer.status_code, answer.headers["Content-Type"].split(";")[0])
+    root = ET.fromstring(answer.text)
+    assert qbo.name == root.findtext(
+        "i:CompanyInfo/i:CompanyName", namespaces={"i": "http://schema.intuit.com/finance/v3"}
+    )
