@@ -1,0 +1,173 @@
+"""The limiter shared through PostgreSQL by several tasks and OS processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from service.database.ratelimit import PostgresBucketStore
+from service.errors import RateLimitError
+from service.limiter import Limits, RateLimiter
+from tests.helpers import eventually
+
+# A worker process: acquires in a loop on one account from start_at to end_at and prints the
+# wall-clock grant times as JSON, or ("hold") takes a concurrency slot and waits to be killed.
+WORKER = r"""
+import asyncio, json, sys, time
+from service.database import open_pool
+from service.database.ratelimit import PostgresBucketStore
+from service.limiter import Limits, RateLimiter
+
+async def main(args):
+    async with open_pool(args["dsn"], min_size=1, max_size=args.get("tasks", 1) + 1) as pool:
+        limiter = RateLimiter(PostgresBucketStore(pool), lease_ttl_s=args.get("ttl", 30.0))
+        limits = Limits(**args["limits"])
+        if args["mode"] == "hold":
+            async with limiter.acquire("quickbooks", args["account"], limits, max_wait_s=5):
+                print("held", flush=True)
+                await asyncio.sleep(3600)
+        stamps = []
+        while time.time() < args["start_at"]:
+            await asyncio.sleep(0.005)
+        async def loop():
+            while time.time() < args["end_at"]:
+                async with limiter.acquire("stripe", args["account"], limits, max_wait_s=30):
+                    stamps.append(time.time())
+        await asyncio.gather(*(loop() for _ in range(args["tasks"])))
+        print(json.dumps(stamps), flush=True)
+
+asyncio.run(main(json.loads(sys.argv[1])))
+"""
+
+
+def busiest_window(times: list[float], period: float) -> int:
+    """The most timestamps in any half-open window [t, t + period)."""
+    ordered, best, start = sorted(times), 0, 0
+    for end, stamp in enumerate(ordered):
+        while ordered[start] <= stamp - period:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+@asynccontextmanager
+async def worker(args: dict[str, Any]) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A worker process, killed on exit if it is still running."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", WORKER, json.dumps(args),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def stamps_of(proc: asyncio.subprocess.Process) -> list[float]:
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert 0 == proc.returncode, err.decode()[-2000:]
+    return list(json.loads(out.decode().strip().splitlines()[-1]))
+
+
+async def local_loop(limiter: RateLimiter, account: str, limits: Limits, end_at: float) -> list[float]:
+    stamps: list[float] = []
+    while time.time() < end_at:
+        async with limiter.acquire("stripe", account, limits, max_wait_s=30):
+            stamps.append(time.time())
+    return stamps
+
+
+async def wait_until(moment: float) -> None:
+    """Start at an agreed wall-clock moment, as the worker processes do."""
+    await eventually(lambda: time.time() >= moment, timeout=30, interval=0.005, what="start time")
+
+
+async def test_processes_and_tasks_share_one_accounts_quota(services: Any, pool: Any) -> None:
+    """Two processes and four local tasks together never exceed 20 calls in any second."""
+    account, other = f"acct-{uuid.uuid4().hex[:8]}", f"acct-{uuid.uuid4().hex[:8]}"
+    limits, quiet = Limits(per_second=20), Limits(per_second=5)
+    start_at = time.time() + 2.0
+    end_at = start_at + 2.5
+    args = {"dsn": services.database_url, "mode": "run", "account": account, "tasks": 3,
+            "limits": {"per_second": 20}, "start_at": start_at, "end_at": end_at}
+    limiter = RateLimiter(PostgresBucketStore(pool))
+    async with worker(args) as first, worker(args) as second:
+        await wait_until(start_at)
+        local = [local_loop(limiter, account, limits, end_at) for _ in range(4)]
+        results = await asyncio.gather(*local, quiet_account(limiter, other, quiet), stamps_of(first),
+                                       stamps_of(second))
+    *local_stamps, quiet_waits, first_stamps, second_stamps = results
+    stamps = [s for run in local_stamps for s in run] + first_stamps + second_stamps
+    assert all(first_stamps) and all(second_stamps) and all(local_stamps)
+    assert busiest_window(stamps, 1.0) <= 20
+    steady = [s for s in stamps if start_at + 0.5 <= s < end_at - 0.5]
+    assert len(steady) / (1.5 * 20) >= 0.9
+    assert max(quiet_waits) <= 0.2 + 0.15  # one interval of its own (0.205 s) plus slack
+
+
+async def quiet_account(limiter: RateLimiter, account: str, limits: Limits) -> list[float]:
+    """A second account's small job: each call waits only for its own spacing."""
+    waits = []
+    for _ in range(5):
+        asked = time.monotonic()
+        async with limiter.acquire("stripe", account, limits, max_wait_s=5):
+            waits.append(time.monotonic() - asked)
+    return waits
+
+
+async def test_penalize_pauses_every_process(services: Any, pool: Any) -> None:
+    """A 429 seen by one process stops the others' grants until Retry-After has passed."""
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    start_at = time.time() + 1.5
+    args = {"dsn": services.database_url, "mode": "run", "account": account, "tasks": 2,
+            "limits": {"per_second": 20}, "start_at": start_at, "end_at": start_at + 3.0}
+    limiter = RateLimiter(PostgresBucketStore(pool))
+    store = PostgresBucketStore(pool)
+    async with worker(args) as first, worker(args) as second:
+        await wait_until(start_at + 0.5)
+        await eventually(lambda: _has_granted(store, account), timeout=10, what="grants")
+        asked = time.time()
+        await limiter.penalize("stripe", account, 1.0)
+        done = time.time()
+        stamps = await stamps_of(first) + await stamps_of(second)
+    assert [s for s in stamps if s < asked]
+    assert [] == [s for s in stamps if done + 0.02 <= s < asked + 1.0]
+    assert [s for s in stamps if s >= asked + 1.0]
+    assert busiest_window(stamps, 1.0) <= 20
+
+
+async def _has_granted(store: PostgresBucketStore, account: str) -> bool:
+    return bool((await store.read("stripe", account)).tat)
+
+
+async def test_a_killed_holders_slot_comes_back(services: Any, pool: Any) -> None:
+    """A slot leased by a process killed with SIGKILL is free again once its lease runs out."""
+    account = f"realm-{uuid.uuid4().hex[:8]}"
+    limits = Limits(per_second=100, concurrency=1)
+    args = {"dsn": services.database_url, "mode": "hold", "account": account, "ttl": 1.0,
+            "limits": {"per_second": 100, "concurrency": 1}}
+    limiter = RateLimiter(PostgresBucketStore(pool), lease_ttl_s=1.0)
+    async with worker(args) as holder:
+        assert holder.stdout is not None
+        assert b"held\n" == await asyncio.wait_for(holder.stdout.readline(), timeout=30)
+        with pytest.raises(RateLimitError):  # renewed past its 1 s TTL while the holder lives
+            async with limiter.acquire("quickbooks", account, limits, max_wait_s=1.5):
+                pass
+        os.kill(holder.pid, signal.SIGKILL)
+        await holder.wait()
+        killed = time.monotonic()
+        async with limiter.acquire("quickbooks", account, limits, max_wait_s=5):
+            recovered = time.monotonic() - killed
+    assert recovered <= 1.0 + 0.3
