@@ -167,7 +167,8 @@ def _lines(data: dict[str, Any]) -> tuple[list[dict[str, Any]], Decimal]:
     raw = data.get("Line")
     if not raw:
         raise required("Line")
-    lines, total = [], Decimal(0)
+    lines: list[dict[str, Any]] = []
+    total = Decimal(0)
     for index, source in enumerate(raw):
         line = dict(source)
         kind = line.get("DetailType")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from sandbox.quickbooks.common import QBError, parse_time
@@ -49,7 +50,8 @@ def parse_error(detail: str) -> QBError:
 
 
 def _tokens(text: str) -> list[tuple[str, Any]]:
-    tokens, position = [], 0
+    tokens: list[tuple[str, Any]] = []
+    position = 0
     text = text.strip().rstrip(";")
     while position < len(text):
         match = TOKEN.match(text, position)
@@ -58,7 +60,7 @@ def _tokens(text: str) -> list[tuple[str, Any]]:
                 f'Encountered "{text[position : position + 10].strip()}" at column {position + 1}'
             )
         position = match.end()
-        kind = match.lastgroup
+        kind = match.lastgroup or ""
         value = match.group(kind)
         if kind == "str":
             value = re.sub(r"\\(.)", r"\1", value[1:-1])
@@ -129,7 +131,7 @@ def parse(text: str) -> Query:
     query = Query(entity=entity, count=count, fields=fields)
     if parser.keyword("WHERE"):
         query.where = _conditions(parser, entity)
-    if parser.keyword("ORDERBY") or (parser.keyword("ORDER") and parser.expect("BY") is None):
+    if parser.keyword("ORDERBY") or _order_by(parser):
         query.order = _order(parser, entity)
     if parser.keyword("STARTPOSITION"):
         query.start = max(1, parser.integer("STARTPOSITION"))
@@ -138,6 +140,14 @@ def parse(text: str) -> Query:
     if parser.peek() is not None:
         raise parse_error(f'Encountered "{parser.peek()[1]}"; was expecting <EOF>')  # type: ignore[index]
     return query
+
+
+def _order_by(parser: _Parser) -> bool:
+    """True after ``ORDER BY`` (two words); QBO's own spelling is ``ORDERBY``."""
+    if parser.keyword("ORDER") is None:
+        return False
+    parser.expect("BY")
+    return True
 
 
 def _select_list(parser: _Parser) -> tuple[bool, list[str] | None]:
@@ -159,7 +169,7 @@ def _check_field(name: str, entity: str) -> str:
         return lowered
     schema = SCHEMAS.get(entity)
     head = lowered.split(".", 1)[0]
-    if schema is not None and not any(key.lower() == head for key in schema):
+    if schema is not None and not any(str(key).lower() == head for key in schema):
         raise QBError("4001", "Invalid query", f"QueryValidationError: property '{name}' is not queryable")
     return lowered
 
@@ -243,13 +253,17 @@ def _test(record: dict[str, Any], condition: tuple[str, str, Any]) -> bool:
     if left is None:
         return False
     if op == "=":
-        return left == right
+        return bool(left == right)
     if op in ("!=", "<>"):
-        return left != right
-    return {"<": left < right, ">": left > right, "<=": left <= right, ">=": left >= right}[op]
+        return bool(left != right)
+    return bool({"<": left < right, ">": left > right, "<=": left <= right, ">=": left >= right}[op])
 
 
-def _sort_key(record: dict[str, Any], path: str) -> tuple[int, Any]:
+def _id_key(record: dict[str, Any]) -> int:
+    return int(record["Id"])
+
+
+def _sort_key(record: dict[str, Any], *, path: str) -> tuple[int, Any]:
     if path in TIME_FIELDS:
         return (0, record[TIME_FIELDS[path]])
     value = _lookup(record, path)
@@ -275,9 +289,9 @@ def execute(realm: Realm, query: Query) -> dict[str, Any]:
     rows = _rows(realm, query)
     if query.count:
         return {"totalCount": len(rows)}
-    rows.sort(key=lambda r: int(r["Id"]))
+    rows.sort(key=_id_key)
     for path, descending in reversed(query.order):
-        rows.sort(key=lambda r, p=path: _sort_key(r, p), reverse=descending)
+        rows.sort(key=partial(_sort_key, path=path), reverse=descending)
     page = rows[query.start - 1 : query.start - 1 + query.max_results]
     if not page:
         return {}

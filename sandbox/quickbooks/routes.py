@@ -30,7 +30,8 @@ OPERATIONS = {"create", "update", "delete", "void"}
 
 
 def realm_of(request: web.Request) -> Realm:
-    return request["account"].data["realm"]
+    realm: Realm = request["account"].data["realm"]
+    return realm
 
 
 def _write(realm: Realm, entity: str, operation: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -198,7 +198,7 @@ PAYMENT = {
     "ProjectRef": REF,
     "TaxExemptionRef": REF,
 }
-SCHEMAS = {"Customer": CUSTOMER, "Invoice": INVOICE, "Payment": PAYMENT}
+SCHEMAS: dict[str, dict[str, Any]] = {"Customer": CUSTOMER, "Invoice": INVOICE, "Payment": PAYMENT}
 
 
 def check(value: Any, schema: Any, entity: str) -> None:

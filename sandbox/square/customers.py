@@ -113,7 +113,8 @@ def add_routes(app: web.Application, prefix: str) -> None:
 
 
 def store_of(request: web.Request) -> Store:
-    return request["account"].data["store"]
+    store: Store = request["account"].data["store"]
+    return store
 
 
 def _check_values(payload: dict[str, Any]) -> None:
@@ -258,7 +259,7 @@ def _sort(field: Any, order: Any, field_name: str, order_name: str) -> bool:
         raise SquareError(
             400, "INVALID_ENUM_VALUE", f"Expected `{order_name}` to be ASC or DESC.", field=order_name
         )
-    return order == "DESC"
+    return bool(order == "DESC")
 
 
 def _page(

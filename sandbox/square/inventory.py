@@ -132,7 +132,7 @@ def _quantity(change: dict[str, Any], path: str, *, positive: bool) -> Decimal:
 
 
 def _state(change: dict[str, Any], name: str, path: str) -> str:
-    state = require(change, name, path)
+    state = str(require(change, name, path))
     if state not in STATES:
         raise SquareError(
             400,
@@ -144,7 +144,7 @@ def _state(change: dict[str, Any], name: str, path: str) -> str:
 
 
 def _location(store: Store, change: dict[str, Any], name: str, path: str) -> str:
-    location = require(change, name, path)
+    location = str(require(change, name, path))
     if location != store.location["id"]:
         raise SquareError(400, "INVALID_VALUE", f"Location `{location}` not found.", field=f"{path}.{name}")
     return location
