@@ -187,7 +187,7 @@ def _status(body: dict[str, Any], name: str) -> str | None:
     value = expect(body, name, str)
     if value is not None and value not in STATUSES:
         raise invalid(name, f"Data did not match any of the schemas described in anyOf. ({value})")
-    return value
+    return None if value is None else str(value)
 
 
 def _validate_member(body: dict[str, Any]) -> None:
@@ -253,8 +253,8 @@ def _apply(
     if "interests" in body:
         member["interests"] = {**member["interests"], **body["interests"]}
     if "tags" in body:
-        names = [t if isinstance(t, str) else t.get("name", "") for t in body["tags"]]
-        _set_tags(member, [{"name": n, "status": "active"} for n in names], replace=sync_tags)
+        tags = [t if isinstance(t, str) else t.get("name", "") for t in body["tags"]]
+        _set_tags(member, [{"name": n, "status": "active"} for n in tags], replace=sync_tags)
     member["last_changed"] = iso(now)
     audience.members[member["id"]] = member
     audience.changed_at[member["id"]] = int(now)  # Mailchimp times have whole seconds

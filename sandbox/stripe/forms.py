@@ -125,7 +125,7 @@ def as_bool(params: dict[str, Any], name: str) -> bool | None:
     if raw is None:
         return None
     if raw in ("true", "false"):
-        return raw == "true"
+        return bool(raw == "true")
     raise StripeError(400, message=f"Invalid boolean: {raw}", param=name)
 
 

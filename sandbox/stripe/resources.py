@@ -82,7 +82,9 @@ def _email(params: dict[str, Any]) -> str | None:
 def _apply_customer(customer: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """Write the given fields (an empty value unsets) and return the previous values."""
     previous: dict[str, Any] = {}
-    values = {name: text(params, name) for name in _CUSTOMER_FIELDS if name in params and name != "address"}
+    values: dict[str, Any] = {
+        name: text(params, name) for name in _CUSTOMER_FIELDS if name in params and name != "address"
+    }
     if "email" in params:
         values["email"] = _email(params)
     if "address" in params:

@@ -157,7 +157,7 @@ def store_of(account: Any) -> StripeStore:
 
 
 def too_old(event: dict[str, Any], now: float) -> bool:
-    return event["created"] < now - EVENT_RETENTION_S
+    return bool(event["created"] < now - EVENT_RETENTION_S)
 
 
 def require(params: dict[str, Any], name: str) -> Any:
