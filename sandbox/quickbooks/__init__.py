@@ -139,9 +139,10 @@ class Plugin:
     def register(self, account: Account) -> None:
         if "realm" not in account.data:
             realm_id = (account.oauth or {}).get("realm_id")
-            account.data["realm"] = new_realm(
-                str(realm_id) if realm_id else None, self.state.clock, account.name
-            )
+            realm = new_realm(str(realm_id) if realm_id else None, self.state.clock, account.name)
+            account.data["realm"] = realm
+            if account.oauth is not None:
+                account.oauth.setdefault("realm_id", realm.realm_id)  # shown by GET /_sandbox/accounts
 
     def reset(self) -> None:
         """Accounts (and their realms) live in the state, which core empties."""

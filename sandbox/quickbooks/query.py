@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 from sandbox.quickbooks.common import QBError, parse_time
@@ -31,6 +31,9 @@ ENTITY_NAMES = {
     "companyinfo": "CompanyInfo",
 }
 TIME_FIELDS = {"metadata.createtime": "_c", "metadata.lastupdatedtime": "_u"}
+CANONICAL = {  # lower-cased field name -> QBO's spelling, so lookups rarely scan
+    str(key).lower(): key for schema in SCHEMAS.values() for key in schema
+} | {"value": "value", "address": "Address", "freeformnumber": "FreeFormNumber"}
 OPS = frozenset({"=", "<", ">", "<=", ">=", "!=", "<>", "IN", "LIKE"})
 
 
@@ -216,17 +219,22 @@ def _lookup(record: dict[str, Any], path: str) -> Any:
     for part in path.split("."):
         if not isinstance(value, dict):
             return None
-        key = next((k for k in value if k.lower() == part), None)
-        value = value.get(key) if key is not None else None
+        key = CANONICAL.get(part, part)
+        if key not in value:  # not a schema name: match case-insensitively
+            key = next((k for k in value if k.lower() == part), key)
+        value = value.get(key)
     if isinstance(value, dict) and "value" in value:
         value = value["value"]  # CustomerRef = '12' compares the reference id
     return value
 
 
+_time_value = lru_cache(maxsize=256)(parse_time)  # a WHERE time is compared with every row
+
+
 def _coerce(path: str, actual: Any, expected: Any) -> tuple[Any, Any]:
     if path in TIME_FIELDS:
         try:
-            return actual, parse_time(str(expected))
+            return actual, _time_value(str(expected))
         except ValueError:
             raise QBError(
                 "4000", "Error parsing query", f"QueryParserError: Invalid date/time: {expected}"

@@ -149,7 +149,10 @@ class Plugin:
     def register(self, account: Account) -> None:
         if "store" not in account.data:
             merchant_id = (account.oauth or {}).get("merchant_id")
-            account.data["store"] = new_store(merchant_id, self.state.clock, account.name)
+            store = new_store(merchant_id, self.state.clock, account.name)
+            account.data["store"] = store
+            if account.oauth is not None:
+                account.oauth.setdefault("merchant_id", store.merchant_id)  # shown by GET /_sandbox/accounts
 
     def reset(self) -> None:
         """Accounts (and their stores) live in the state, which core empties."""
