@@ -261,3 +261,32 @@ async def test_sandbox_webhooks_parse_into_id_only_changes(
     assert [("customers", created.external_id, auth.account_id, None)] == [
         (c.entity, c.external_id, c.account, c.record) for c in parsed.changes
     ]
+
+
+@pytest.mark.parametrize(
+    ("status", "category"),
+    [
+        (401, "authentication"),
+        (403, "authorization"),
+        (400, "validation"),
+        (429, "rate_limit"),
+        (500, "provider"),
+        (503, "provider"),
+    ],
+)
+async def test_sandbox_faults_map_to_categories(
+    client: QuickBooksClient, realm: tuple[str, StaticAuth], sandbox_server: Any, status: int, category: str
+) -> None:
+    """Intuit's own bodies for injected faults (the 429 one is XML) map to the contract's categories."""
+    from service.errors import IntegrationError
+
+    name, auth = realm
+    await asyncio.to_thread(
+        sandbox_server.control,
+        "POST",
+        "/_sandbox/faults",
+        {"provider": "quickbooks", "account": name, "status": status, "count": 1},
+    )
+    with pytest.raises(IntegrationError) as caught:
+        await client.pull_page(auth, "invoices", cursor=None, resume=None, options={})
+    assert (category, status) == (caught.value.category, caught.value.status)

@@ -258,3 +258,32 @@ def _message(body: bytes) -> VerifiedWebhook:
         headers={},
         body=base64.b64encode(body).decode(),
     )
+
+
+@pytest.mark.parametrize(
+    ("status", "category"),
+    [
+        (401, "authentication"),
+        (403, "authorization"),
+        (404, "validation"),
+        (429, "rate_limit"),
+        (500, "provider"),
+        (503, "provider"),
+    ],
+)
+async def test_sandbox_faults_map_to_categories(
+    client: SquareClient, account: tuple[str, StaticAuth], sandbox_server: Any, status: int, category: str
+) -> None:
+    """Square's own error bodies for injected faults map to the contract's categories."""
+    from service.errors import IntegrationError
+
+    name, auth = account
+    await asyncio.to_thread(
+        sandbox_server.control,
+        "POST",
+        "/_sandbox/faults",
+        {"provider": "square", "account": name, "status": status, "count": 1},
+    )
+    with pytest.raises(IntegrationError) as caught:
+        await client.pull_page(auth, "customers", cursor=None, resume=None, options={})
+    assert (category, status) == (caught.value.category, caught.value.status)
