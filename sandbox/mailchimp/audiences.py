@@ -379,6 +379,29 @@ def post_member_tags(ctx: Ctx) -> tuple[int, Any]:
     return 204, None
 
 
+def get_member_tags(ctx: Ctx) -> tuple[int, Any]:
+    _, member = get_member(ctx)
+    return 200, {"tags": member["tags"], "total_items": len(member["tags"])}
+
+
+def archive_member(ctx: Ctx) -> tuple[int, Any]:
+    """DELETE archives the member (it stays, with status archived); 204."""
+    audience = _audience(ctx)
+    member = audience.members.get(_member_hash(ctx))
+    if member is None:
+        raise not_found()
+    _apply(audience, member, {"status": "archived"}, ctx.now)
+    return 204, None
+
+
+def delete_member_permanently(ctx: Ctx) -> tuple[int, Any]:
+    audience, member_hash = _audience(ctx), _member_hash(ctx)
+    if audience.members.pop(member_hash, None) is None:
+        raise not_found()
+    audience.changed_at.pop(member_hash, None)
+    return 204, None
+
+
 def batch_members(ctx: Ctx) -> tuple[int, Any]:
     """POST /lists/{id}: up to 500 members; rejects go to errors[] inside a 200."""
     audience, body = _audience(ctx), _body(ctx)
@@ -513,6 +536,13 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/3.0/lists/{list_id}/members/{subscriber_hash}", get_member),
     ("PUT", "/3.0/lists/{list_id}/members/{subscriber_hash}", put_member),
     ("PATCH", "/3.0/lists/{list_id}/members/{subscriber_hash}", patch_member),
+    ("DELETE", "/3.0/lists/{list_id}/members/{subscriber_hash}", archive_member),
+    (
+        "POST",
+        "/3.0/lists/{list_id}/members/{subscriber_hash}/actions/delete-permanent",
+        delete_member_permanently,
+    ),
+    ("GET", "/3.0/lists/{list_id}/members/{subscriber_hash}/tags", get_member_tags),
     ("POST", "/3.0/lists/{list_id}/members/{subscriber_hash}/tags", post_member_tags),
     ("GET", "/3.0/lists/{list_id}/webhooks", get_webhooks),
     ("POST", "/3.0/lists/{list_id}/webhooks", create_webhook),

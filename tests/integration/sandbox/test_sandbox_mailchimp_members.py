@@ -205,3 +205,25 @@ def test_more_than_ten_connections_at_once_get_429(sandbox_server: Any) -> None:
     finally:
         sandbox_server.control("DELETE", "/_sandbox/faults")
     assert [200] * 10 + [429] * 5 == statuses
+
+
+def test_archive_delete_permanent_and_put_on_the_collection(sandbox_server: Any, client: Any) -> None:
+    """DELETE archives, delete-permanent removes, and PUT on /members is 405."""
+    list_id = new_list(client)
+    email = "gone@example.com"
+    client.lists.set_list_member(
+        list_id, _hash(email), {"email_address": email, "status_if_new": "subscribed"}
+    )
+    client.lists.delete_list_member(list_id, _hash(email))
+    assert "archived" == client.lists.get_list_member(list_id, _hash(email))["status"]
+    client.lists.delete_list_member_permanent(list_id, _hash(email))
+    with pytest.raises(ApiClientError) as caught:
+        client.lists.get_list_member(list_id, _hash(email))
+    assert 404 == caught.value.status_code
+    answer = requests.put(
+        f"{client.api_client.host}/lists/{list_id}/members",
+        json={},
+        timeout=5,
+        auth=("user", client.api_client.api_key),
+    )
+    assert (405, "Method Not Allowed") == (answer.status_code, answer.json()["title"])
