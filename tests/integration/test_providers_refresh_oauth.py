@@ -247,3 +247,30 @@ async def test_ten_concurrent_users_cause_one_refresh(
         calls = sum(len(v) for v in mocked.requests.values())
     assert 1 == calls
     assert [{"Authorization": "Bearer once"}] * 10 == headers
+
+
+async def test_call_outcomes_mark_the_credential(
+    vault: Vault, venue_id: str, session: aiohttp.ClientSession, qb_settings: Settings
+) -> None:
+    """A success marks a key valid; a 401 on a key (nothing to refresh) marks it invalid."""
+    from providers.fake import RecordingGate, fake_limits_for
+    from providers.http import ProviderHttp, spec_for
+
+    http = ProviderHttp(session, limiter=RecordingGate(), settings=qb_settings, limits_for=fake_limits_for)
+    await vault.set(venue_id, "square", "api_key", "EAAAsquarekey")
+    factory = AuthFactory(vault, refresher=None)
+    url = "https://square.example.test/v2/locations"
+    with aioresponses() as mocked:
+        mocked.get(url, payload={"locations": []})
+        mocked.get(url, status=401, payload={"errors": [{"code": "UNAUTHORIZED"}]})
+        await http.request(
+            spec_for("square"), await factory.for_venue(venue_id, "square"), "GET", url, operation="op"
+        )
+        after_success = (await vault.show(venue_id, "square"))[0].status
+        with pytest.raises(AuthenticationError):
+            await http.request(
+                spec_for("square"), await factory.for_venue(venue_id, "square"), "GET", url, operation="op"
+            )
+    assert ("valid", "invalid") == (after_success, (await vault.show(venue_id, "square"))[0].status)
+    with pytest.raises(AuthenticationError):
+        await factory.for_venue(venue_id, "square")
