@@ -287,17 +287,18 @@ async def list_customers(request: web.Request) -> web.Response:
     store = store_of(request)
     rows = store.customers_after(decode_cursor(query.get("cursor"), kind), descending=descending)
     page, cursor = _page(store, rows, limit, kind)
-    return json_response(_answer(store, page, cursor, query.get("count") == "true"))
+    count = len(store.customers) if query.get("count") == "true" else None
+    return json_response(_answer(page, cursor, count))
 
 
-def _answer(store: Store, page: list[dict[str, Any]], cursor: str | None, count: bool) -> dict[str, Any]:
+def _answer(page: list[dict[str, Any]], cursor: str | None, count: int | None) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if page:
         result["customers"] = [public(c) for c in page]
     if cursor:
         result["cursor"] = cursor
-    if count:
-        result["count"] = len(store.customers)
+    if count is not None:
+        result["count"] = count
     return result
 
 
@@ -339,4 +340,5 @@ async def search_customers(request: web.Request) -> web.Response:
     store = store_of(request)
     rows = store.customers_after(decode_cursor(payload.get("cursor"), kind), descending=descending)
     page, cursor = _page(store, (c for c in rows if matches(c)), limit, kind)
-    return json_response(_answer(store, page, cursor, bool(payload.get("count"))))
+    count = sum(1 for c in store.customers.values() if matches(c)) if payload.get("count") else None
+    return json_response(_answer(page, cursor, count))
