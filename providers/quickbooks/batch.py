@@ -10,7 +10,8 @@ fields change). Tokens not given in the payload are read first with one query; a
 (stale SyncToken) re-reads the tokens of the stale items and retries them once, in a batch
 whose requestid is derived from their keys plus ``synctoken-retry`` (the original requestid
 would only replay the stale answer). Faults come back as failed PushResults (6240 duplicate
-DisplayName is ``validation``); a failure of the whole request raises.
+DisplayName is ``validation``), never retryable: a replay under the same requestid would
+get the same stored answer. A failure of the whole request raises.
 """
 
 from __future__ import annotations
@@ -123,7 +124,13 @@ def _result(item: PushItem, name: str, answer: dict[str, Any] | None) -> PushRes
                                            retryable=True))
     fault = find_fault(answer)
     if fault is not None:
-        return _failed(item, error_from_fault(fault, status=None, operation=f"batch_write {name}"))
+        error = error_from_fault(fault, status=None, operation=f"batch_write {name}")
+        if error.retryable:
+            # Intuit answers a repeated requestid with the stored first answer, so a retry of
+            # this batch would meet the same fault: fail the record instead of looping.
+            error = ProviderError(f"{error.message} (not retried: the batch's requestid would "
+                                  "replay this answer)", retryable=False)
+        return _failed(item, error)
     try:
         obj = object_of(answer, name, operation="batch_write")
     except ProviderError as exc:

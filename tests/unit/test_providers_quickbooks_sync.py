@@ -296,3 +296,22 @@ async def test_update_of_a_missing_object_fails_without_a_write(
         )
     assert ["GET"] == [c[0] for c in rec.calls]
     assert ("failed", "validation") == (result.outcome, result.error.category if result.error else None)
+
+
+async def test_item_system_fault_fails_without_retry(client: QuickBooksClient, auth: StaticAuth) -> None:
+    """A SystemFault on one item fails it for good: replaying the requestid would replay the fault."""
+
+    def answer(request: dict[str, Any]) -> dict[str, Any]:
+        items = echo_batch(request)["BatchItemResponse"]
+        items[0] = {
+            "bId": "0",
+            "Fault": {"type": "SystemFault", "Error": [{"Message": "boom", "code": "10000"}]},
+        }
+        return {"BatchItemResponse": items}
+
+    with aioresponses() as mocked:
+        Recorder(mocked).add("POST", "/batch", answer)
+        failed, created = await client.push_batch(auth, "customers", [item(0), item(1)], options={})
+    assert failed.error is not None
+    assert ("failed", "provider", False) == (failed.outcome, failed.error.category, failed.error.retryable)
+    assert "created" == created.outcome
