@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlencode
 from aiohttp import web
 
 from sandbox.core import Account, Limits, SandboxState
-from sandbox.mailchimp import audiences
+from sandbox.mailchimp import audiences, members
 from sandbox.mailchimp.audiences import Audience, Ctx
 from sandbox.mailchimp.errors import MailchimpError, iso, problem
 
@@ -94,6 +94,7 @@ class Plugin:
             ("GET", "/3.0/", _root),
             ("GET", "/3.0/ping", _ping),
             *audiences.ROUTES,
+            *members.ROUTES,
         ):
             app.router.add_route(method, prefix + path, self._endpoint(handler))
 
