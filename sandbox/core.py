@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 TIMEOUT_HOLD_S = 60.0  # CONTRACT section 7: a "timeout" fault holds the connection this long
+CALLS_LOG_MAX = 500_000  # the oldest calls drop off so long benchmarks don't exhaust memory
 
 # aiohttp warns once per plain string key stored on a request; the plug-in interface
 # (sandbox/INTERFACE.md) fixes the string keys "account" and "body", so mark them as known.
@@ -192,7 +193,7 @@ class SandboxState:
         self._tokens: dict[tuple[str, str], Token] = {}
         self._usage: dict[int, _Usage] = {}
         self.faults: list[Fault] = []
-        self.calls: list[dict[str, Any]] = []
+        self.calls: deque[dict[str, Any]] = deque(maxlen=CALLS_LOG_MAX)
 
     def clock(self) -> float:
         """Sandbox time in Unix seconds (real time plus any offset set through control)."""
