@@ -1,4 +1,4 @@
-"""SQL for the credentials table. Rows hold ciphertext only; see service/vault.py."""
+"""SQL for the credentials table. Rows hold ciphertext only; see service/vault/."""
 
 from __future__ import annotations
 
