@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from service.errors import ProviderError, RateLimitError, ValidationError
 from service.limiter import MemoryBucketStore, RateLimiter
 from service.messages import VerifiedWebhook, idempotency_key
 from service.metrics import Metrics
+from tests.helpers import eventually
 
 CONTACT = {
     "company": "Venue",
@@ -160,7 +162,10 @@ async def test_contacts_paginate_and_pull_incrementally(client: MailchimpClient,
     full, resume = await pull_all(client, auth, "contacts", {"list_id": list_id})
     assert 1203 == len({r.external_id for r in full})
     assert resume is not None and list_id == resume["list_id"]
-    ahead = {"list_id": list_id, "since_last_changed": datetime.now(UTC).isoformat()}
+    # Mailchimp times are whole seconds: wait for the next second so "since" separates old from new.
+    second = int(time.time())
+    await eventually(lambda: int(time.time()) > second, timeout=3, what="the next second")
+    ahead = {"list_id": list_id, "since_last_changed": datetime.fromtimestamp(second, UTC).isoformat()}
     await client.push_batch(
         auth,
         "contacts",
