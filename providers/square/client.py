@@ -82,7 +82,10 @@ class SquareClient:
         if entity == "customers":
             return [await push.push_customer(self.api, auth, item) for item in items]
         if entity == "orders":
-            location = options.get("location_id") or await self._default_location(auth)
+            location = options.get("location_id")
+            needs_location = any(i.external_id is None and not i.payload.get("location_id") for i in items)
+            if location is None and needs_location:
+                location = await self._default_location(auth)
             return [await push.push_order(self.api, auth, item, location_id=location) for item in items]
         raise UnknownEntityError(f"square cannot push {entity!r}")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from providers.base import PushItem, PushResult, VenueAuth
 from providers.square.api import SquareApi, items_of, object_of
-from providers.square.errors import VersionConflictError
+from providers.square.errors import IdempotencyKeyReusedError, VersionConflictError
 from providers.square.webhooks import inventory_external_id
 from service.errors import DataError, IntegrationError, ValidationError
 from service.messages import NAMESPACE
@@ -128,6 +128,13 @@ async def _update_order(
             if attempt:
                 raise
             continue
+        except IdempotencyKeyReusedError:
+            # The key was spent on this very update by an earlier delivery whose answer was
+            # lost (the body differs only in the version read since): it has landed.
+            current = await fetch_order(api, auth, item.external_id)
+            if current is None:
+                raise
+            return current
         return object_of(payload, "order", operation="update_order")
     raise AssertionError("unreachable")
 

@@ -275,3 +275,22 @@ async def test_inventory_count_without_time_is_refused_before_sending(
             options={},
         )
     assert ("failed", "validation") == (result.outcome, result.error.category if result.error else None)
+
+
+async def test_replayed_order_update_whose_key_was_spent_counts_as_landed(
+    client: SquareClient, auth: StaticAuth
+) -> None:
+    """IDEMPOTENCY_KEY_REUSED on an order update (a lost answer, replayed) reads the order back."""
+    reused = {
+        "errors": [{"category": "INVALID_REQUEST_ERROR", "code": "IDEMPOTENCY_KEY_REUSED", "detail": "used"}]
+    }
+    current = {"id": "ORD1", "location_id": "L1", "version": 3, "reference_id": "new"}
+    with aioresponses() as mocked:
+        rec = Recorder(mocked)
+        rec.add("POST", "/v2/orders/batch-retrieve", (200, {"orders": [current]}))
+        rec.add("PUT", "/v2/orders/ORD1", (400, reused))
+        (result,) = await client.push_batch(
+            auth, "orders", [item("o1", {"reference_id": "new"}, "ORD1")], options={}
+        )
+    assert ("updated", "new") == (result.outcome, (result.data or {}).get("reference_id"))
+    assert ["POST", "PUT", "POST"] == [c[0] for c in rec.calls]
