@@ -84,7 +84,7 @@ def _e164(value: Any, context: Context) -> str:
     region = None
     if not text.startswith("+"):
         country = read(context.platform_record, (Segment("address"), Segment("country")))
-        region = country if isinstance(country, str) else None
+        region = _country_code(country) if isinstance(country, str) else None
     formatted = _format_e164(text, region)
     if formatted.startswith("+"):
         return formatted

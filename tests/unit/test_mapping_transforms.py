@@ -309,3 +309,10 @@ def test_builtin_stripe_name_uses_split_name() -> None:
     """The built-in Stripe customer mapping keeps first and last through Stripe's single name."""
     mapping = effective_mapping("stripe", "customers")
     assert "Evans, Mary Ann" == to_provider(mapping, {"first_name": "Mary Ann", "last_name": "Evans"})["name"]
+
+
+def test_e164_region_comes_from_a_country_name_too() -> None:
+    """A national number pushed with the country spelled out still finds its region."""
+    mapping = effective_mapping("square", "customers")
+    pushed = to_provider(mapping, {"phone": "020 7183 8750", "address": {"country": "United Kingdom"}})
+    assert {"phone_number": "+442071838750", "address": {"country": "GB"}} == pushed
