@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from service.errors import AuthenticationError
+from service.errors import AuthenticationError, IntegrationError
 
 if TYPE_CHECKING:
     from service.vault import Credential, CredentialInfo
@@ -131,12 +131,20 @@ class VaultAuth:
         """Mark the credential valid after its first successful call (once per object)."""
         if not self._reported_valid:
             self._reported_valid = True
-            await self._vault.record_use(self._credential.info, ok=True)
+            await self._record(ok=True, error=None)
 
     async def record_auth_failure(self, message: str) -> None:
         """A 401 that a refresh could not cure: the credential is invalid (CONTRACT section 5)."""
         log.warning("credential_invalid", venue_id=self.venue_id, provider=self.provider)
-        await self._vault.record_use(self._credential.info, ok=False, error=message)
+        await self._record(ok=False, error=message)
+
+    async def _record(self, *, ok: bool, error: str | None) -> None:
+        # Bookkeeping only: a database hiccup here must not fail (and so repeat) a provider write.
+        try:
+            await self._vault.record_use(self._credential.info, ok=ok, error=error)
+        except IntegrationError as exc:
+            log.warning("credential_use_not_recorded", venue_id=self.venue_id, provider=self.provider,
+                        error=exc.message)
 
 
 def _key_headers(provider: str, key: str) -> dict[str, str]:
