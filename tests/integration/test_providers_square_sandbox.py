@@ -141,13 +141,14 @@ async def test_orders_create_replay_update_pull_fetch(
     assert ("created", created.external_id) == (replayed.outcome, replayed.external_id)
     full = await pull_all(client, auth, "orders", None)
     assert [created.external_id] == [r.external_id for r in full.records]
-    (updated,) = await client.push_batch(
-        auth,
-        "orders",
-        [item("job-o2", "o1", {"reference_id": "booking-1b"}, created.external_id)],
-        options={},
-    )
+    change = item("job-o2", "o1", {"reference_id": "booking-1b"}, created.external_id)
+    (updated,) = await client.push_batch(auth, "orders", [change], options={})
+    (again,) = await client.push_batch(auth, "orders", [change], options={})  # a replay: key spent
     assert ("updated", "booking-1b") == (updated.outcome, (updated.data or {}).get("reference_id"))
+    assert ("updated", (updated.data or {}).get("version")) == (
+        again.outcome,
+        (again.data or {}).get("version"),
+    )
     later = await pull_all(client, auth, "orders", full.resume_cursor)
     assert [("booking-1b")] == [r.data.get("reference_id") for r in later.records]
     fetched = await client.fetch_record(auth, "orders", created.external_id or "")
