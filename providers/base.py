@@ -47,6 +47,9 @@ class PushItem:
     payload: dict[str, Any]
     idempotency_key: str                 # UUIDv5(job id, record id, operation)
     external_id: str | None = None       # known provider id: update rather than create
+    # When this write was first attempted (the job's first start). Stripe keeps idempotency keys
+    # for 24 h: a retry later than that re-reads before writing (providers/stripe.py).
+    first_attempt_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
