@@ -250,3 +250,20 @@ async def test_fetch_record_and_health(client: StripeClient, auth: StaticAuth) -
     missing = await client.fetch_record(auth, "customers", "cus_missing0000")
     assert (pushed[0].external_id, None) == (found.external_id if found else None, missing)
     await client.check_health()
+
+
+async def test_late_update_rereads_and_deleted_customer_fails(
+    client: StripeClient, auth: StaticAuth, sandbox_server: Any, venue_id: str
+) -> None:
+    """A late update (first attempt over 24 h ago) re-reads first; a deleted customer fails as data."""
+    pushed = await client.push_batch(auth, "customers", [item("p1", {"email": "d@example.com"})], options={})
+    customer_id = str(pushed[0].external_id)
+    late_at = datetime.now(UTC) - timedelta(hours=25)
+    update = PushItem("p1", {"name": "Late"}, idempotency_key("job-1", "p1", "update"), customer_id, late_at)
+    updated = await client.push_batch(auth, "customers", [update], options={})
+    await client.sdk(auth).v1.customers.delete_async(customer_id)
+    gone = await client.push_batch(auth, "customers", [update], options={})
+    assert ("updated", "Late") == (updated[0].outcome, updated[0].data["name"] if updated[0].data else None)
+    methods = [c["method"] for c in calls(sandbox_server, venue_id, path=f"/v1/customers/{customer_id}")]
+    assert ["GET", "POST", "DELETE", "GET"] == methods  # the second late update stops at the re-read
+    assert ("failed", DataError) == (gone[0].outcome, type(gone[0].error))
