@@ -8,11 +8,12 @@ Cursors (JSON dicts the engine stores between pages):
   page: Square does not page customers or counts in update order, so a running maximum
   stored mid-pull could skip records on later pages. Square's time filters are inclusive,
   so the boundary record is seen again on the next incremental pull (harmless: the engine
-  compares versions) rather than lost.
+  compares versions) rather than lost. The customer cursor also trails by SEARCH_LAG_S.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, timedelta
 from typing import Any
 
 from providers.base import Page, ProviderRecord, VenueAuth
@@ -23,6 +24,11 @@ CUSTOMER_PAGE = 100  # list/search limit: 1-100
 ORDER_PAGE = 500     # search orders: default 500, max 1000
 INVENTORY_PAGE = 1000
 ORDER_LOCATIONS_PER_SEARCH = 10
+# Square's customer search index lags writes (<30 s, sometimes over a minute: providers.md
+# 2.2), so the stored customer cursor stays this far behind the newest update seen (never
+# behind the cursor it started from): late-indexed customers are caught by the next pull,
+# and the re-read ones are skipped by the engine as unchanged.
+SEARCH_LAG_S = 120.0
 
 
 def order_record(order: dict[str, Any]) -> ProviderRecord:
@@ -54,7 +60,8 @@ def _later(a: str | None, b: str | None) -> str | None:
 
 
 def _finish(
-    records: list[ProviderRecord], state: dict[str, Any], field: str, more: dict[str, Any] | None
+    records: list[ProviderRecord], state: dict[str, Any], field: str, more: dict[str, Any] | None,
+    *, lag_s: float = 0.0,
 ) -> Page:
     """The page, carrying the running maximum; the resume cursor only on the last page."""
     latest = state.get("max") or state.get("since")
@@ -62,7 +69,16 @@ def _finish(
         latest = _later(latest, record.data.get(field))
     if more is not None:
         return Page(records=records, next_cursor={**more, "max": latest}, resume_cursor=None)
-    return Page(records=records, next_cursor=None, resume_cursor={"updated_at": latest} if latest else None)
+    resume = _later(state.get("since"), _minus(latest, lag_s)) if lag_s else latest
+    return Page(records=records, next_cursor=None, resume_cursor={"updated_at": resume} if resume else None)
+
+
+def _minus(value: str | None, seconds: float) -> str | None:
+    """An RFC 3339 time moved back by ``seconds`` (UTC, ``Z``)."""
+    moment = parse_time(value)
+    if moment is None:
+        return value
+    return (moment - timedelta(seconds=seconds)).astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _start(cursor: dict[str, Any] | None, resume: dict[str, Any] | None) -> dict[str, Any]:
@@ -93,7 +109,7 @@ async def pull_customers(
                if c.get("id")]
     square_cursor = next_cursor(payload)
     more = {**state, "square": square_cursor} if square_cursor else None
-    return _finish(records, state, "updated_at", more)
+    return _finish(records, state, "updated_at", more, lag_s=SEARCH_LAG_S)
 
 
 async def list_location_ids(api: SquareApi, auth: VenueAuth) -> list[str]:

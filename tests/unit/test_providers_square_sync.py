@@ -80,7 +80,7 @@ async def test_full_customer_pull_pages_by_cursor_and_resumes_at_the_latest(
         first = await client.pull_page(auth, "customers", cursor=None, resume=None, options={})
         second = await client.pull_page(auth, "customers", cursor=first.next_cursor, resume=None, options={})
     assert (["A"], None) == ([r.external_id for r in first.records], first.resume_cursor)
-    assert (None, {"updated_at": "2025-03-02T10:00:00Z"}) == (second.next_cursor, second.resume_cursor)
+    assert (None, {"updated_at": "2025-03-02T09:58:00Z"}) == (second.next_cursor, second.resume_cursor)
     assert [{"limit": "100"}, {"limit": "100", "cursor": "c2"}] == [c[2] for c in rec.calls]
 
 
@@ -98,7 +98,7 @@ async def test_incremental_customer_pull_searches_on_updated_at(
         )
     body = rec.calls[0][3]
     assert {"start_at": "2025-03-02T10:00:00Z"} == body["query"]["filter"]["updated_at"]
-    assert ("3", {"updated_at": "2025-04-01T00:00:00Z"}) == (page.records[0].version, page.resume_cursor)
+    assert ("3", {"updated_at": "2025-03-31T23:58:00Z"}) == (page.records[0].version, page.resume_cursor)
 
 
 async def test_order_pull_searches_ten_locations_at_a_time(client: SquareClient, auth: StaticAuth) -> None:
@@ -294,3 +294,27 @@ async def test_replayed_order_update_whose_key_was_spent_counts_as_landed(
         )
     assert ("updated", "new") == (result.outcome, (result.data or {}).get("reference_id"))
     assert ["POST", "PUT", "POST"] == [c[0] for c in rec.calls]
+
+
+async def test_customer_cursor_trails_the_search_lag_but_never_goes_back(
+    client: SquareClient, auth: StaticAuth
+) -> None:
+    """The stored customer cursor stays 120 s behind the newest update, never behind its start."""
+    with aioresponses() as mocked:
+        rec = Recorder(mocked)
+        rec.add(
+            "POST",
+            "/v2/customers/search",
+            (200, {"customers": [customer("C", "2025-04-01T00:00:10Z")]}),
+            (200, {"customers": [customer("D", "2025-04-01T00:05:00Z")]}),
+        )
+        near = await client.pull_page(
+            auth, "customers", cursor=None, resume={"updated_at": "2025-04-01T00:00:00Z"}, options={}
+        )
+        far = await client.pull_page(
+            auth, "customers", cursor=None, resume={"updated_at": "2025-04-01T00:00:00Z"}, options={}
+        )
+    assert [{"updated_at": "2025-04-01T00:00:00Z"}, {"updated_at": "2025-04-01T00:03:00Z"}] == [
+        near.resume_cursor,
+        far.resume_cursor,
+    ]
