@@ -165,7 +165,8 @@ class Engine:
         try:
             status, ids = await runner.run()
         except RetryLater as exc:
-            return await self._retry_or_give_up(request, delivery, exc.error, runner.attempts)
+            attempts = 1 if runner.made_progress else runner.attempts
+            return await self._retry_or_give_up(request, delivery, exc.error, attempts)
         except IntegrationError as exc:
             return await self.dead_letter(delivery, exc, raw=request.model_dump(by_alias=True))
         except (asyncpg.PostgresConnectionError, OSError):
@@ -195,11 +196,12 @@ class Engine:
         )
         message = self._d.routes.retry(delivery, attempt=attempts, delay_s=delay)
         async with self._d.pool.acquire() as conn, conn.transaction():
-            if local_wait:  # waiting for our own limiter is not a failed attempt
-                await conn.execute(
-                    "UPDATE sync_jobs SET attempts = greatest(attempts - 1, 0) WHERE job_id = $1",
-                    request.job_id,
-                )
+            # Attempts count failures in a row without progress; waiting for our own limiter
+            # is not a failure at all.
+            await conn.execute(
+                "UPDATE sync_jobs SET attempts = $2 WHERE job_id = $1",
+                request.job_id, attempts - 1 if local_wait else attempts,
+            )
             await jobs_db.set_pending_retry(conn, request.job_id, str(error))
             ids = await outbox_db.enqueue(conn, [message])
         self._d.metrics.retries.labels(request.provider, error.category).inc()

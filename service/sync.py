@@ -77,13 +77,18 @@ class JobRunner:
         self._delivery = delivery
         self.attempts = 0
         self._outbox_ids: list[int] = []  # published right after the ack-worthy commit
+        self.made_progress = False  # records stored this run: a retry then starts a fresh count
 
     async def run(self) -> tuple[str, tuple[int, ...]]:
         """Run the job to its end; return (status, outbox ids). Raises RetryLater."""
         from service.engine import RetryLater
 
         row = await self._start()
-        tally = Tally(row["counts"], row["errors"])
+        if self._r.direction == "push":  # the record log is the truth after a crash
+            counts, errors = await jobs_db.outcome_tally(self._d.pool, self._r.job_id)
+            tally = Tally(counts, errors)
+        else:
+            tally = Tally(row["counts"], row["errors"])
         client = self._d.clients[self._r.provider]
         try:
             auth = await self._d.auth_for(self._r.venue_id, self._r.provider)
@@ -139,7 +144,7 @@ class JobRunner:
         r = self._r
         mapping = self._mapping(await self._override())
         records = r.records or []
-        done = await jobs_db.recorded_outcomes(self._d.pool, r.job_id)
+        done = {record_id for record_id, _ in await jobs_db.recorded_outcomes(self._d.pool, r.job_id)}
         ids = [str(rec.get("id")) for rec in records if rec.get("id") is not None]
         links = await jobs_db.platform_links(self._d.pool, r.venue_id, r.provider, r.entity, ids)
         pending: list[tuple[PushItem, dict[str, Any]]] = []
@@ -150,10 +155,10 @@ class JobRunner:
                 invalid.append((None, ValidationError(f"record {index} has no id")))
                 continue
             record_id = str(record_id)
+            if record_id in done:
+                continue  # its outcome was stored by an earlier delivery of this job
             external_id = links.get(record_id)
             operation = "update" if external_id else "create"
-            if (record_id, operation) in done:
-                continue  # stored by an earlier delivery of this job
             try:
                 shape = parse_record(r.provider, r.entity, record)  # the platform shape, checked
                 payload = to_provider(mapping, shape.model_dump(mode="json", exclude_unset=True))
@@ -225,6 +230,7 @@ class JobRunner:
             await jobs_db.log_records(conn, r.job_id, log_rows)
             await jobs_db.upsert_record_states(conn, r.venue_id, r.provider, r.entity, states)
             self._outbox_ids += await outbox_db.enqueue(conn, events)
+            self.made_progress = self.made_progress or bool(log_rows or states)
             await jobs_db.set_progress(conn, r.job_id, None, tally.counts)
         if transient is not None:
             raise RetryLater(transient)
@@ -306,6 +312,7 @@ class JobRunner:
             await jobs_db.log_records(conn, r.job_id, log_rows)
             await jobs_db.upsert_record_states(conn, r.venue_id, r.provider, r.entity, states)
             self._outbox_ids += await outbox_db.enqueue(conn, events)
+            self.made_progress = True  # the page and its cursor are stored
             if page.resume_cursor is not None:
                 await jobs_db.put_cursor(conn, r.venue_id, r.provider, r.entity, page.resume_cursor)
             progress = None if page.next_cursor is None else {"cursor": page.next_cursor, "resume": resume}

@@ -170,6 +170,22 @@ async def recorded_outcomes(conn: Conn, job_id: str) -> dict[tuple[str, str], as
     return {(r["record_id"], r["operation"]): r for r in rows}
 
 
+async def outcome_tally(conn: Conn, job_id: str) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """Counts and record errors rebuilt from the stored per-record outcomes."""
+    rows = await conn.fetch(
+        "SELECT record_id, outcome, category, severity, message FROM sync_record_log WHERE job_id = $1 ORDER BY id",
+        job_id,
+    )
+    counts = {"processed": len(rows), "created": 0, "updated": 0, "skipped": 0, "failed": 0}
+    errors = []
+    for row in rows:
+        counts[row["outcome"]] += 1
+        if row["outcome"] == "failed":
+            errors.append({"record_id": row["record_id"], "category": row["category"] or "unknown",
+                           "severity": row["severity"] or "medium", "message": row["message"] or ""})
+    return counts, errors
+
+
 async def log_records(conn: asyncpg.Connection, job_id: str, rows: list[tuple[Any, ...]]) -> None:
     """Insert outcome rows: (record_id, operation, outcome, external_id, key, category, severity, message)."""
     await conn.executemany(
