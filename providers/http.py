@@ -47,6 +47,7 @@ from service.errors import (
     RateLimitError,
     ValidationError,
 )
+from service.limiter import limits_for as default_limits_for
 from service.metrics import Metrics, status_class
 
 log = structlog.get_logger(__name__)
@@ -141,12 +142,6 @@ class ReportsUse(Protocol):
 LimitsFor = Callable[..., Any]
 
 
-def _default_limits_for() -> LimitsFor:
-    from service.limiter import limits_for  # imported late: the limiter lands in parallel
-
-    return limits_for
-
-
 class ProviderHttp:
     """The shared helper: limiter token, timeout, metrics, status and exception mapping."""
 
@@ -158,15 +153,13 @@ class ProviderHttp:
         self.settings = settings
         self.metrics = metrics
         self.max_wait_s = max_wait_s
-        self._limits_for = limits_for
+        self._limits_for: LimitsFor = limits_for or default_limits_for
         self._limits: dict[tuple[str, bool], Any] = {}
 
     def limits(self, provider: str, *, test_mode: bool) -> Any:
         """The provider's limits, with the RATE_LIMIT_* overrides (cached)."""
         key = (provider, test_mode)
         if key not in self._limits:
-            if self._limits_for is None:
-                self._limits_for = _default_limits_for()
             per_second, concurrency = self.settings.rate_override(provider)
             self._limits[key] = self._limits_for(
                 provider, test_mode=test_mode, per_second=per_second, concurrency=concurrency)
