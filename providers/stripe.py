@@ -150,11 +150,11 @@ def _dict(obj: Any) -> dict[str, Any]:
     return value
 
 
-def _record(obj: dict[str, Any], *, version: str | None = None, deleted: bool = False) -> ProviderRecord:
-    created = obj.get("created")
-    when = datetime.fromtimestamp(created, UTC) if isinstance(created, int) else None
-    return ProviderRecord(external_id=str(obj["id"]), data=obj, version=version, updated_at=when,
-                          deleted=deleted or bool(obj.get("deleted")))
+def _record(obj: dict[str, Any], *, deleted: bool = False) -> ProviderRecord:
+    # Stripe objects carry no update time (``created`` is the creation time): leave updated_at
+    # unknown so the engine compares content rather than discarding a listed object as older
+    # than an event it saw. Records read from events carry the event's time instead.
+    return ProviderRecord(external_id=str(obj["id"]), data=obj, deleted=deleted or bool(obj.get("deleted")))
 
 
 def _entity(entity: str, *, push: bool = False) -> tuple[str, str, tuple[str, ...]]:
