@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from providers.base import VenueAuth
 from providers.http import ProviderHttp, ProviderSpec, spec_for
 from providers.square.errors import error_from_square, error_hook, first_error
-from service.errors import ProviderError
+from service.errors import DataError, ProviderError
 
 SQUARE_VERSION = "2026-09-16"  # the one pinned API version (squareup 46 SDK default)
 SPEC: ProviderSpec = spec_for(
     "square", error_hook=error_hook, default_retry_after_s=1.0,
     headers={"Square-Version": SQUARE_VERSION, "Accept": "application/json"},
 )
+
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,192}$")
+
+
+def path_id(value: str) -> str:
+    """A Square object id checked before it goes into a URL path (no '/', '..' or '?')."""
+    if not _ID.match(value):
+        raise DataError(f"square id {value[:40]!r} is not a Square object id")
+    return value
 
 
 class SquareApi:

@@ -10,11 +10,11 @@ import aiohttp
 from providers.base import Page, ParsedWebhook, ProviderRecord, PushItem, PushResult, VenueAuth
 from providers.http import ProviderHttp
 from providers.square import pull, push
-from providers.square.api import SPEC, SquareApi, items_of, object_of
+from providers.square.api import SPEC, SquareApi, items_of, object_of, path_id
 from providers.square.errors import NotFoundError
 from providers.square.webhooks import customer_record, inventory_record, parse_webhook
 from service.config import Settings
-from service.errors import AuthenticationError, DataError, IntegrationError, UnknownEntityError
+from service.errors import AuthenticationError, DataError, UnknownEntityError
 from service.messages import VerifiedWebhook
 
 _PULLS = {
@@ -105,6 +105,8 @@ class SquareClient:
             raise
 
     async def _fetch(self, auth: VenueAuth, entity: str, external_id: str) -> ProviderRecord | None:
+        if entity in ("customers", "locations"):
+            path_id(external_id)  # checked before it goes into a URL path
         if entity == "customers":
             payload = await self.api.call(auth, "GET", f"/customers/{external_id}", operation="get_customer")
             return customer_record(object_of(payload, "customer", operation="get_customer"))
@@ -140,8 +142,6 @@ class SquareClient:
             await self.api.call(_NoAuth(), "GET", "/locations", operation="health_check")
         except AuthenticationError:
             return  # Square answered, in its own format: the API is up
-        except IntegrationError:
-            raise
 
 
 async def fetch_merchant_id(settings: Settings, api_key: str) -> str:

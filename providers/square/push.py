@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from providers.base import PushItem, PushResult, VenueAuth
-from providers.square.api import SquareApi, items_of, object_of
+from providers.square.api import SquareApi, items_of, object_of, path_id
 from providers.square.errors import IdempotencyKeyReusedError, VersionConflictError
 from providers.square.webhooks import inventory_external_id
 from service.errors import DataError, IntegrationError, ValidationError
@@ -68,7 +68,7 @@ async def push_customer(api: SquareApi, auth: VenueAuth, item: PushItem) -> Push
 async def _update_customer(
     api: SquareApi, auth: VenueAuth, customer_id: str, fields: dict[str, Any]
 ) -> dict[str, Any]:
-    path = f"/customers/{customer_id}"
+    path = f"/customers/{path_id(customer_id)}"
     try:
         payload = await api.call(auth, "PUT", path, operation="update_customer", body=fields)
     except VersionConflictError:
@@ -112,7 +112,7 @@ async def _update_order(
     api: SquareApi, auth: VenueAuth, item: PushItem, order: dict[str, Any]
 ) -> dict[str, Any]:
     assert item.external_id is not None
-    path, key = f"/orders/{item.external_id}", item.idempotency_key
+    path, key = f"/orders/{path_id(item.external_id)}", item.idempotency_key
     for attempt in range(2):
         if attempt or order.get("version") is None:
             current = await fetch_order(api, auth, item.external_id)

@@ -216,3 +216,18 @@ async def test_fetch_merchant_id_through_the_helper() -> None:
         assert "MLEFBHHSJGVHD" == await fetch_merchant_id(SETTINGS, "sq-key")
         with pytest.raises(AuthenticationError):
             await fetch_merchant_id(SETTINGS, "bad-key")
+
+
+async def test_an_id_that_is_not_a_square_id_never_reaches_a_url(
+    client: SquareClient, auth: StaticAuth
+) -> None:
+    """A webhook id with '/' or '..' is a DataError before any request."""
+    from service.errors import DataError
+
+    with aioresponses():
+        with pytest.raises(DataError):
+            await client.fetch_record(auth, "customers", "../locations")
+        (result,) = await client.push_batch(
+            auth, "customers", [PushItem("r", {"nickname": "x"}, "k", external_id="A/B")], options={}
+        )
+    assert ("failed", "data") == (result.outcome, result.error.category if result.error else None)
