@@ -52,6 +52,10 @@ def needs_refresh(expires_at: datetime | None, *, now: datetime | None = None) -
     return expires_at <= (now or datetime.now(UTC)) + REFRESH_MARGIN
 
 
+def _expired(expires_at: datetime | None) -> bool:
+    return expires_at is not None and expires_at <= datetime.now(UTC)
+
+
 def is_stripe_test_key(key: str) -> bool:
     """Stripe test-mode keys get the test-mode rate limit (25/s)."""
     return key.startswith(("sk_test_", "rk_test_"))
@@ -89,7 +93,14 @@ class VaultAuth:
         if not self.is_oauth:
             return _key_headers(self.provider, self._credential.secret)
         if needs_refresh(self._credential.info.expires_at):
-            await self._refresh(failed_token=None)
+            try:
+                await self._refresh(failed_token=None)
+            except IntegrationError as exc:
+                if not exc.retryable or _expired(self._credential.info.expires_at):
+                    raise
+                # The token endpoint is away but the token still works for a few minutes: use it.
+                log.warning("credential_refresh_deferred", venue_id=self.venue_id, provider=self.provider,
+                            error=exc.message)
         return {"Authorization": f"Bearer {self._tokens()['access_token']}"}
 
     def api_key(self) -> str:

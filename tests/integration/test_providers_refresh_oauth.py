@@ -274,3 +274,15 @@ async def test_call_outcomes_mark_the_credential(
     assert ("valid", "invalid") == (after_success, (await vault.show(venue_id, "square"))[0].status)
     with pytest.raises(AuthenticationError):
         await factory.for_venue(venue_id, "square")
+
+
+async def test_token_endpoint_outage_before_expiry_keeps_using_the_token(
+    vault: Vault, refresher: TokenRefresher, venue_id: str
+) -> None:
+    """Within the five-minute window, a token endpoint outage defers the refresh: the token is used."""
+    await store_qb(vault, venue_id, expires_in_s=120)
+    auth = await AuthFactory(vault, refresher=refresher).for_venue(venue_id, "quickbooks")
+    with aioresponses() as mocked:
+        mocked.post(QB_TOKEN_URL, status=503, body="")
+        headers = await auth.headers()
+    assert {"Authorization": "Bearer old-access"} == headers
