@@ -18,7 +18,9 @@ Values. ``default`` is in platform form: on push it stands in for a missing plat
 fails the record when the value is still missing. An entry whose provider path holds an
 object (``metadata``) leaves out, on pull, the keys that other entries map more precisely
 (``metadata.platform_id``); on push the more precise entry wins. Entries may share a
-platform path (a name made of two provider fields, or one field per direction).
+platform path (a name made of two provider fields, or one field per direction). On pull,
+a money object left with nothing but its ``currency`` (an amount the record lacks) is
+dropped, as is any object holding only a value copied into list elements.
 
 Transforms turn a provider value into platform form on pull and back on push:
 
@@ -312,7 +314,7 @@ def to_platform(mapping: Mapping | Sequence[MappingEntry], provider_record: dict
         else:
             _pull_value(step, provider_record, out)
     for step in compiled.pull_steps:
-        if step.broadcast:
+        if step.broadcast or step.entry.platform_path[-1].name == "currency":
             paths.prune_lone(out, step.entry.platform_path)
     return out
 

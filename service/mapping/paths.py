@@ -255,21 +255,27 @@ def _is_open_object(annotation: Any) -> bool:
 
 
 def prune_lone(record: Any, path: Path) -> None:
-    """Drop the object holding a value copied into list elements where it is all there is.
+    """Drop the object holding the value at ``path`` where that value is all it holds.
 
-    A currency copied into every line's ``amount`` must not leave ``{"currency": ...}`` on
-    lines that have no amount.
+    A currency copied into every line's ``amount``, or read for a total the record lacks,
+    must not leave a bare ``{"currency": ...}`` behind.
     """
     position = next((i for i, segment in enumerate(path) if segment.each), None)
-    if position is None or len(path) - position < 3:
+    if position is None:
+        _prune_in(record, path)
         return
     items = read(record, (*path[:position], Segment(path[position].name)))
-    if not isinstance(items, list):
-        return
-    parent_path, leaf = path[position + 1:-1], path[-1]
-    for item in items:
-        parent = read(item, parent_path)
-        if isinstance(parent, dict) and set(parent) == {leaf.name}:
-            holder = read(item, parent_path[:-1]) if len(parent_path) > 1 else item
-            if isinstance(holder, dict):
-                holder.pop(parent_path[-1].name, None)
+    if isinstance(items, list):
+        for item in items:
+            _prune_in(item, path[position + 1:])
+
+
+def _prune_in(record: Any, path: Path) -> None:
+    if len(path) < 2:
+        return  # the value sits in the record or element itself: nothing to drop
+    parent_path, leaf = path[:-1], path[-1]
+    parent = read(record, parent_path)
+    if isinstance(parent, dict) and set(parent) == {leaf.name}:
+        holder = read(record, parent_path[:-1]) if len(parent_path) > 1 else record
+        if isinstance(holder, dict):
+            holder.pop(parent_path[-1].name, None)
