@@ -262,3 +262,13 @@ async def test_metrics_count_calls_by_status_class(http: ProviderHttp, metrics: 
     assert 1.0 == metrics.registry.get_sample_value(
         "integration_provider_call_duration_seconds_count", {"provider": "square", "operation": "list"}
     )
+
+
+async def test_503_retry_after_is_kept(http: ProviderHttp, gate: RecordingGate) -> None:
+    """A 503 with Retry-After carries it on the retryable ProviderError, without a limiter penalty."""
+    auth = StaticAuth(provider="square", secret="k")
+    with aioresponses() as mocked:
+        mocked.get(URL, status=503, headers={"Retry-After": "12"}, body="")
+        with pytest.raises(ProviderError) as caught:
+            await http.request(SPEC, auth, "GET", URL, operation="op")
+    assert (12.0, True, []) == (caught.value.retry_after_s, caught.value.retryable, gate.penalties)
