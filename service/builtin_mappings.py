@@ -13,9 +13,8 @@ Linking a pulled record back to its platform id:
   engine's record_state row written when a push returns the QuickBooks ``Id``.
 - Mailchimp: the email address (the member's subscriber hash); no id field.
 
-Push-side notes for the provider modules: QuickBooks builds ``DisplayName`` from the names
-(it must be unique; fall back to CompanyName or the email for a customer without names);
-Square inventory counts map to the count object, to be wrapped as a ``PHYSICAL_COUNT``
+Push-side notes for the provider modules: QuickBooks ``DisplayName`` is the name, else the
+company, else the email (it must be unique: a clash is QuickBooks error 6240); Square inventory counts map to the count object, to be wrapped as a ``PHYSICAL_COUNT``
 change; Square orders map to the ``order`` object; Mailchimp tags are ``[{"name": ...}]``
 as Mailchimp lists them (add ``"status": "active"`` for its tags endpoint), and ``status``
 is the member's subscription status (set ``status_if_new`` from it on a PUT).
@@ -198,10 +197,14 @@ _QBO_ADDRESS = ("Line1", "Line2", "City", "CountrySubDivisionCode", "PostalCode"
 QUICKBOOKS_CUSTOMERS: list[Entry] = [
     _e("first_name", "GivenName"),
     _e("last_name", "FamilyName"),
-    _push("first_name", "DisplayName", "split_name"),
-    _push("last_name", "DisplayName", "split_name"),
     _e("company", "CompanyName"),
     _e("email", "PrimaryEmailAddr.Address"),
+    # DisplayName is required and unique: the name, else the company, else the email (a later
+    # entry writing the same field wins, and a missing value writes nothing).
+    _push("email", "DisplayName"),
+    _push("company", "DisplayName"),
+    _push("first_name", "DisplayName", "split_name"),
+    _push("last_name", "DisplayName", "split_name"),
     _e("phone", "PrimaryPhone.FreeFormNumber", "e164"),
     *_address("address", "BillAddr", _QBO_ADDRESS),
 ]

@@ -20,7 +20,9 @@ object (``metadata``) leaves out, on pull, the keys that other entries map more 
 (``metadata.platform_id``); on push the more precise entry wins. Entries may share a
 platform path (a name made of two provider fields, or one field per direction). On pull,
 a money object left with nothing but its ``currency`` (an amount the record lacks) is
-dropped, as is any object holding only a value copied into list elements.
+dropped, as is any object holding only a value copied into list elements. When several
+entries write one provider field, the later entry in the document wins and a missing value
+writes nothing, so a fallback comes before what it stands in for.
 
 Transforms turn a provider value into platform form on pull and back on push:
 

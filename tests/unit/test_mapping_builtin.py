@@ -540,3 +540,17 @@ def test_every_pushable_entity_maps_a_record() -> None:
     pushable = {(p, e) for p, e, d in SUPPORTED if d == "push"}
     customers = {("stripe", "customers"), ("square", "customers"), ("mailchimp", "contacts")}
     assert pushable == set(PUSHED) | customers
+
+
+@pytest.mark.parametrize(
+    ("record", "display_name"),
+    [
+        ({"email": "ada@example.com"}, "ada@example.com"),
+        ({"email": "ada@example.com", "company": "Engines"}, "Engines"),
+        ({"email": "ada@example.com", "company": "Engines", "first_name": "Ada"}, "Ada"),
+        ({"company": "Engines", "first_name": "Mary Ann", "last_name": "Evans"}, "Evans, Mary Ann"),
+    ],
+)
+def test_quickbooks_display_name_falls_back(record: dict[str, Any], display_name: str) -> None:
+    """QuickBooks DisplayName is the name, else the company, else the email."""
+    assert display_name == to_provider(effective_mapping("quickbooks", "customers"), record)["DisplayName"]
