@@ -14,10 +14,11 @@ Linking a pulled record back to its platform id:
 - Mailchimp: the email address (the member's subscriber hash); no id field.
 
 Push-side notes for the provider modules: QuickBooks ``DisplayName`` is the name, else the
-company, else the email (it must be unique: a clash is QuickBooks error 6240); Square inventory counts map to the count object, to be wrapped as a ``PHYSICAL_COUNT``
-change; Square orders map to the ``order`` object; Mailchimp tags are ``[{"name": ...}]``
-as Mailchimp lists them (add ``"status": "active"`` for its tags endpoint), and ``status``
-is the member's subscription status (set ``status_if_new`` from it on a PUT).
+company, else the email (it must be unique: a clash is QuickBooks error 6240); Square
+inventory counts map to the count object, to be wrapped as a ``PHYSICAL_COUNT`` change;
+Square orders map to the ``order`` object; Mailchimp tags are ``[{"name": ...}]`` as
+Mailchimp lists them (add ``"status": "active"`` for its tags endpoint), and ``status`` is
+the member's subscription status (set ``status_if_new`` from it on a PUT).
 """
 
 from __future__ import annotations
