@@ -200,3 +200,19 @@ def test_mapping_is_fast_enough_to_run_per_record() -> None:
         to_platform(mapping, to_provider(mapping, record))
     per_record_s = (time.perf_counter() - started) / 2000
     assert per_record_s < 0.001, f"{per_record_s * 1e6:.0f} µs per round trip"
+
+
+def test_the_engine_loads_no_io_library() -> None:
+    """Importing service.mapping (and its built-in documents) pulls in no I/O library."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, service.mapping as m; m.builtin_mapping('stripe', 'customers');"
+        "print(sorted({n.split('.')[0] for n in sys.modules} & "
+        "{'aiohttp', 'asyncpg', 'aio_pika', 'boto3', 'providers', 'consumers', 'stripe', 'click'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "[]" == result.stdout.strip()
