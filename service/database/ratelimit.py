@@ -9,6 +9,7 @@ its own column so an operator can read a pause at a glance.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -22,6 +23,10 @@ T = TypeVar("T")
 ACQUIRE_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 5.0
 
+# One round trip opens the transaction and skips the WAL flush wait at commit: a bucket
+# lost in a database crash only forgets the last instants of spacing, while waiting for
+# the disk on every grant costs milliseconds per call (bench/LIMITER.md).
+_BEGIN = "BEGIN; SET LOCAL synchronous_commit TO OFF"
 _SELECT = (
     "SELECT state::text AS state, paused_until FROM rate_limit_buckets"
     " WHERE provider = $1 AND account = $2"
@@ -47,14 +52,14 @@ class PostgresBucketStore:
     ) -> T:
         """Apply ``change`` under the row lock; raises NetworkError when PostgreSQL fails."""
         try:
-            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
-                state = await self._locked_state(conn, provider, account)
-                new_state, result = change(state)
-                if new_state != state:
-                    await conn.execute(
-                        _UPDATE, provider, account, state_to_json(new_state), new_state.paused_until,
-                        timeout=COMMAND_TIMEOUT_S,
-                    )
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                await conn.execute(_BEGIN, timeout=COMMAND_TIMEOUT_S)
+                try:
+                    result = await self._apply(conn, provider, account, change)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await conn.execute("ROLLBACK", timeout=COMMAND_TIMEOUT_S)
+                    raise
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise NetworkError(f"rate-limit store failed: {exc.__class__.__name__}") from exc
         return result
@@ -66,6 +71,20 @@ class PostgresBucketStore:
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise NetworkError(f"rate-limit store failed: {exc.__class__.__name__}") from exc
         return BucketState() if row is None else state_from_json(row["state"], row["paused_until"])
+
+    async def _apply(
+        self, conn: asyncpg.Connection, provider: str, account: str,
+        change: Callable[[BucketState], tuple[BucketState, T]],
+    ) -> T:
+        state = await self._locked_state(conn, provider, account)
+        new_state, result = change(state)
+        if new_state != state:
+            await conn.execute(
+                _UPDATE, provider, account, state_to_json(new_state), new_state.paused_until,
+                timeout=COMMAND_TIMEOUT_S,
+            )
+        await conn.execute("COMMIT", timeout=COMMAND_TIMEOUT_S)
+        return result
 
     @staticmethod
     async def _locked_state(conn: asyncpg.Connection, provider: str, account: str) -> BucketState:
