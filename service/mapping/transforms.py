@@ -174,9 +174,14 @@ def _decimal(value: Any, context: Context) -> Decimal:
     return number
 
 
+_MAX_MINOR = 10**18  # beyond any real amount; keeps quantize within Decimal's precision
+
+
 def _to_minor(value: Any, context: Context) -> int:
     exponent = _exponent_for(context)
     scaled = _decimal(value, context).scaleb(exponent)
+    if abs(scaled) >= _MAX_MINOR:
+        raise context.fail(f"amount out of range {value!r}")
     return int(scaled.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
@@ -184,6 +189,8 @@ def _to_major(value: Any, context: Context) -> int | float:
     exponent = _exponent_for(context)
     if isinstance(value, bool) or not isinstance(value, int):
         raise context.fail(f"expected whole minor units, got {value!r}")
+    if abs(value) >= _MAX_MINOR:
+        raise context.fail(f"amount out of range {value!r}")
     major = Decimal(value).scaleb(-exponent)
     return int(major) if exponent == 0 else float(major)
 
