@@ -66,4 +66,6 @@ if ! rabbit_up; then
   wait_for 120 rabbit_up || { log "RabbitMQ did not start on 127.0.0.1:5672"; exit 1; }
 fi
 rabbitmqctl -q await_startup --timeout 120 >/dev/null 2>&1 || true
+# promtool (Debian's prometheus package) checks the alert rules in tests/unit/test_dashboard_alerts.py.
+command -v promtool >/dev/null 2>&1 || apt_install prometheus
 log "PostgreSQL and RabbitMQ are up"
