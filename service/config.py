@@ -32,7 +32,7 @@ class ConfigurationError(Exception):
     """A setting is missing or malformed; the message names the variable."""
 
 
-def _default_log_format() -> str:
+def _default_log_format() -> Literal["console", "json"]:
     return "console" if sys.stderr.isatty() else "json"
 
 

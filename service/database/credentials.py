@@ -94,12 +94,14 @@ async def fetch_one(
 async def fetch_many(
     conn: asyncpg.Connection | asyncpg.Pool, venue_id: str | None, provider: str | None
 ) -> list[asyncpg.Record]:
-    return await conn.fetch(
+    """Rows matching the optional venue and provider filters, in a stable order."""
+    rows: list[asyncpg.Record] = await conn.fetch(
         f"""SELECT {COLUMNS} FROM credentials
             WHERE ($1::text IS NULL OR venue_id = $1) AND ($2::text IS NULL OR provider = $2)
             ORDER BY venue_id, provider, kind""",
         venue_id, provider,
     )
+    return rows
 
 
 async def delete(

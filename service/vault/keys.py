@@ -58,8 +58,8 @@ class KeyProvider(Protocol):
 class LocalKeyProvider:
     """Wraps data keys with a 32-byte master key held by this machine (development)."""
 
-    source = "local"
-    key_id = None
+    source: str = "local"
+    key_id: str | None = None
 
     def __init__(self, master_key: bytes) -> None:
         if len(master_key) != 32:
@@ -88,7 +88,7 @@ class LocalKeyProvider:
 class KmsKeyProvider:
     """AWS KMS GenerateDataKey / Decrypt with an encryption context (boto3 in a thread)."""
 
-    source = "kms"
+    source: str = "kms"
 
     def __init__(self, *, key_id: str, region: str | None, endpoint: str | None) -> None:
         self.key_id: str | None = key_id
