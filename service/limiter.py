@@ -40,7 +40,8 @@ T = TypeVar("T")
 DEFAULT_MARGIN_S = 0.030  # jitter allowed between grant and arrival at the provider
 LATE_TOLERANCE_S = 0.025  # a waiter later than this re-reserves instead of sending
 LEASE_TTL_S = 30.0  # a crashed holder's concurrency slot comes back after this
-SLOT_POLL_S = 0.02  # how often a waiter for a concurrency slot looks again
+SLOT_POLL_S = 0.02  # first re-check of a waiter for a concurrency slot; doubles up to:
+SLOT_POLL_MAX_S = 0.25  # (a local release wakes local waiters at once)
 MINUTE_BURST_DIVISOR = 50  # per-minute burst allowance: 2% of the minute quota
 
 # (per_second live, per_second test, per_minute, concurrency); providers.md sections 1.6-4.4.
@@ -171,7 +172,8 @@ def reserve(
 ) -> tuple[BucketState, Decision]:
     """Reserve the next send time (and a concurrency slot when ``lease`` is given)."""
     leases = _live_leases(state, now)
-    if lease is not None and lease not in leases and len(leases) >= (limits.concurrency or 0):
+    full = limits.concurrency is not None and len(leases) >= limits.concurrency
+    if lease is not None and lease not in leases and full:
         return replace(state, leases=leases), Decision("no_slot")
     spans = [(w, w.interval_s(margin_s)) for w in windows(limits)]
     at = max(now, state.paused_until)
@@ -283,6 +285,7 @@ class RateLimiter:
         self._lease_ttl_s = lease_ttl_s
         self._slot_poll_s = slot_poll_s
         self._late_tolerance_s = late_tolerance_s
+        self._freed: dict[tuple[str, str], asyncio.Event] = {}  # local releases wake local waiters
         self.redone = 0  # reservations given up (woken late or voided by a 429), for the bench
 
     @contextlib.asynccontextmanager
@@ -326,6 +329,7 @@ class RateLimiter:
     ) -> None:
         start = self._clock()
         deadline = start + max_wait_s
+        poll_s = self._slot_poll_s
 
         def change(state: BucketState) -> tuple[BucketState, Decision]:
             now = self._clock()
@@ -335,7 +339,8 @@ class RateLimiter:
         while True:
             decision = await self._store.update(provider, account, change)
             if decision.kind == "no_slot":
-                await self._wait_for_slot(provider, limits, deadline)
+                await self._wait_for_slot(provider, account, limits, deadline, poll_s)
+                poll_s = min(2 * poll_s, max(SLOT_POLL_MAX_S, self._slot_poll_s))
             elif decision.kind == "too_long":
                 raise RateLimitError(
                     f"{provider} rate limit: next send in {decision.wait_s:.3f}s, over the"
@@ -349,14 +354,24 @@ class RateLimiter:
             self._observer.waited(provider, max(0.0, self._clock() - start))
             self._observer.tokens_available(provider, decision.tokens)
 
-    async def _wait_for_slot(self, provider: str, limits: Limits, deadline: float) -> None:
+    async def _wait_for_slot(
+        self, provider: str, account: str, limits: Limits, deadline: float, poll_s: float
+    ) -> None:
+        """Sleep until the next look for a free slot, or until this process frees one."""
         remaining = deadline - self._clock()
         if remaining <= 0:
             raise RateLimitError(
                 f"{provider}: all {limits.concurrency} concurrent slots of the account are busy",
                 retry_after_s=max(1.0, self._slot_poll_s),
             )
-        await self._sleep(min(self._slot_poll_s, remaining))
+        freed = self._freed.setdefault((provider, account), asyncio.Event())
+        sleeper = asyncio.ensure_future(self._sleep(min(poll_s, remaining)))
+        waker = asyncio.ensure_future(freed.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
 
     async def _still_good(self, provider: str, account: str, decision: Decision) -> bool:
         """After sleeping to the slot: False when woken too late or a 429 voided it."""
@@ -388,10 +403,7 @@ class RateLimiter:
             return release(state, lease=lease)
 
         await asyncio.shield(self._store.update(provider, account, change))
+        freed = self._freed.pop((provider, account), None)
+        if freed is not None:
+            freed.set()
 
-
-__all__ = [
-    "BucketState", "BucketStore", "DEFAULT_MARGIN_S", "Decision", "LEASE_TTL_S", "Limits",
-    "LimiterObserver", "MemoryBucketStore", "RateLimiter", "Window", "limits_for", "pause",
-    "release", "renew", "reserve", "state_from_json", "state_to_json", "windows",
-]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -20,6 +21,7 @@ from service.limiter import (
     state_to_json,
     windows,
 )
+from tests.helpers import eventually
 
 
 def test_provider_defaults_follow_the_contract() -> None:
@@ -125,3 +127,27 @@ async def test_observer_hears_waits_tokens_and_429s_by_provider() -> None:
     assert ["waited", "tokens", "throttled"] == [kind for kind, _, _ in recorder.events]
     assert {"stripe"} == {provider for _, provider, _ in recorder.events}
     assert (0.0, pytest.approx(4.0)) == (recorder.events[0][2], recorder.events[1][2])
+
+
+async def test_a_local_release_wakes_a_local_waiter_at_once() -> None:
+    """A waiter for a slot in the same process gets it on release, not at its next poll."""
+    limiter = RateLimiter(MemoryBucketStore(), slot_poll_s=60)
+    limits = Limits(per_second=1000, concurrency=1)
+    holding, let_go = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with limiter.acquire("quickbooks", "realm", limits, max_wait_s=1):
+            holding.set()
+            await let_go.wait()
+
+    async def waiter() -> None:
+        async with limiter.acquire("quickbooks", "realm", limits, max_wait_s=120):
+            pass
+
+    held = asyncio.create_task(holder())
+    await holding.wait()
+    waiting = asyncio.create_task(waiter())
+    await eventually(lambda: ("quickbooks", "realm") in limiter._freed, timeout=5, what="a waiter")
+    let_go.set()
+    await asyncio.wait_for(asyncio.gather(held, waiting), timeout=5)
+    assert {} == (await limiter._store.read("quickbooks", "realm")).leases
