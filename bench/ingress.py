@@ -194,6 +194,8 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds a process has used (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    if os.environ.get("BENCH_DEBUG_CPU"):
+        print(pid, "user", fields[11], "sys", fields[12], file=sys.stderr)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

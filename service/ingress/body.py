@@ -27,11 +27,19 @@ async def read_body(request: web.Request, *, limit_bytes: int, timeout_s: float)
     declared = request.content_length
     if declared is not None and declared > limit_bytes:
         raise BodyTooLarge(f"body of {declared} bytes is over the {limit_bytes}-byte limit")
+    content = request.content
+    if content.is_eof() and content.exception() is None:
+        # Already buffered whole (the usual small webhook): no timer needed. aiohttp stops
+        # reading the socket at 128 KiB buffered, so this is bounded too.
+        body = content.read_nowait(-1)
+        if len(body) > limit_bytes:
+            raise BodyTooLarge(f"body is over the {limit_bytes}-byte limit")
+        return body
     chunks: list[bytes] = []
     total = 0
     try:
         async with asyncio.timeout(timeout_s):
-            while chunk := await request.content.read(CHUNK_BYTES):
+            while chunk := await content.read(CHUNK_BYTES):
                 total += len(chunk)
                 if total > limit_bytes:
                     raise BodyTooLarge(f"body is over the {limit_bytes}-byte limit")

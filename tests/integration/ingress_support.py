@@ -29,14 +29,20 @@ class FakePublisher:
 
     mode: str = "ok"  # ok | down | silent
     published: list[tuple[VerifiedWebhook, str]] = field(default_factory=list)
+    timeouts_s: list[float] = field(default_factory=list)
 
     async def publish_webhook(
         self, message: VerifiedWebhook, *, message_id: str, timeout_s: float = 2.0
     ) -> None:
         if self.mode == "down":
             raise NetworkError("broker is away")
-        if self.mode == "silent":
-            await asyncio.Event().wait()  # a confirm that never comes
+        self.timeouts_s.append(timeout_s)
+        if self.mode == "silent":  # a confirm that never comes: give up after timeout_s, as promised
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.Event().wait()
+            except TimeoutError:
+                raise NetworkError("no confirm in time") from None
         self.published.append((message, message_id))
 
     async def publish_sync_request(self, *args: Any, **kwargs: Any) -> None:
