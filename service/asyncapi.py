@@ -38,6 +38,7 @@ from service.messages import (
     RecordEvent,
     SyncRequest,
     VerifiedWebhook,
+    record_event_id,
 )
 
 ASYNCAPI_VERSION = "3.0.0"
@@ -178,22 +179,25 @@ def dead_letter_message() -> dict[str, Any]:
 
 def example_messages() -> dict[str, dict[str, Any]]:
     """The four base messages with an example each (the contract's own sync request example)."""
-    sync = SyncRequest(job_id="7b0c0e0a-1c1a-4b7e-9d55-8a4b0c9f1e21", venue_id="venue-42", provider="stripe",
-                       entity="customers", direction="push", mode="incremental",
-                       records=[{"id": "cust-1", "email": "ada@example.com", "first_name": "Ada"}])
-    result = JobResult(job_id=sync.job_id, venue_id="venue-42", provider="stripe", entity="customers",
-                       direction="push", status="succeeded", counts=JobCounts(processed=1, created=1),
-                       started_at=_EXAMPLE_TIME, finished_at=_EXAMPLE_TIME)
-    event = RecordEvent(venue_id="venue-42", provider="stripe", entity="customers", op="upserted",
-                        external_id="cus_123", platform_id="cust-1",
-                        data={"id": "cust-1", "email": "ada@example.com"}, source="sync",
-                        occurred_at=_EXAMPLE_TIME, event_id="2f9d0f1e-5c43-5c1b-8f6e-0b5a1c2d3e4f")
-    hook = VerifiedWebhook(provider="stripe", venue_id="venue-42", received_at=_EXAMPLE_TIME,
-                           headers={"stripe-signature": "t=1767322800,v1=...",
-                                    "content-type": "application/json"},
-                           body="eyJpZCI6ICJldnRfMSJ9")
-    kinds = {"SyncRequest": (sync, SYNC_REQUEST_V1), "JobResult": (result, JOB_RESULT_V1),
-             "RecordEvent": (event, RECORD_EVENT_V1), "VerifiedWebhook": (hook, WEBHOOK_V1)}
+    venue = {"venue_id": "venue-42", "provider": "stripe", "entity": "customers"}
+    sync = SyncRequest.model_validate({
+        **venue, "job_id": "7b0c0e0a-1c1a-4b7e-9d55-8a4b0c9f1e21", "direction": "push", "mode": "incremental",
+        "records": [{"id": "cust-1", "email": "ada@example.com", "first_name": "Ada"}]})
+    result = JobResult.model_validate({
+        **venue, "job_id": sync.job_id, "direction": "push", "status": "succeeded",
+        "counts": JobCounts(processed=1, created=1),
+        "started_at": _EXAMPLE_TIME, "finished_at": _EXAMPLE_TIME})
+    event = RecordEvent.model_validate({
+        **venue, "op": "upserted", "external_id": "cus_123", "platform_id": "cust-1",
+        "data": {"id": "cust-1", "email": "ada@example.com"}, "source": "sync", "occurred_at": _EXAMPLE_TIME,
+        "event_id": record_event_id("stripe", "venue-42", "customers", "cus_123", "1767322800")})
+    hook = VerifiedWebhook.model_validate({
+        "provider": "stripe", "venue_id": "venue-42", "received_at": _EXAMPLE_TIME,
+        "body": "eyJpZCI6ICJldnRfMSJ9",
+        "headers": {"stripe-signature": "t=1767322800,v1=...", "content-type": "application/json"}})
+    kinds: dict[str, tuple[BaseModel, str]] = {
+        "SyncRequest": (sync, SYNC_REQUEST_V1), "JobResult": (result, JOB_RESULT_V1),
+        "RecordEvent": (event, RECORD_EVENT_V1), "VerifiedWebhook": (hook, WEBHOOK_V1)}
     return {name: _message(name, name, schema_id, _ref(SCHEMAS + name), examples=_example(model))
             for name, (model, schema_id) in kinds.items()}
 
