@@ -116,6 +116,22 @@ def renderer(fmt: str) -> Any:
     return structlog.processors.JSONRenderer(sort_keys=False, default=str)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each line, not at configure time
+    (test runners swap it; a handler holding a closed stream would lose lines)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
     """Configure structlog and the stdlib root logger: one redacting pipeline to stderr."""
     numeric = logging.getLevelNamesMapping()[level.upper()]
@@ -125,7 +141,7 @@ def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared_processors(),
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer(fmt)],

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -158,3 +160,14 @@ def test_any_url_password_is_masked(scheme: str, user: str, password: str) -> No
     """A password in any URL is replaced by *** and the host stays readable."""
     text = redact_text(f"connecting to {scheme}://{user}:{password}@db.internal:5432/x now")
     assert f"{scheme}://{user}:***@db.internal:5432/x" in text
+
+
+def test_lines_follow_the_current_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handler writes to sys.stderr as it is now, not as it was at configure time."""
+    at_configure, later = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", at_configure)
+    configure_logging(level="INFO", fmt="json")
+    monkeypatch.setattr(sys, "stderr", later)
+    structlog.get_logger("service.test").info("moved_on", token="t-1")
+    assert ("", "moved_on", REDACTED) == (
+        at_configure.getvalue(), json.loads(later.getvalue())["event"], json.loads(later.getvalue())["token"])
