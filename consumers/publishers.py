@@ -16,6 +16,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, DeliveryMode
 
 from consumers import topology
 from service.database import outbox as outbox_db
+from service.database import relaxed_commit
 from service.database.outbox import OutboxMessage
 from service.errors import NetworkError
 from service.messages import JobResult, RecordEvent, SyncRequest, VerifiedWebhook, utcnow
@@ -203,13 +204,8 @@ class OutboxRelay:
         if not ids:
             return
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT id FROM outbox WHERE id = ANY($1::bigint[]) AND published_at IS NULL "
-                "AND available_at <= now() FOR UPDATE SKIP LOCKED",
-                list(ids),
-            )
-            stored = await outbox_db.fetch_unpublished(conn, [r["id"] for r in rows])
-            await self._publish_all(conn, stored)
+            await relaxed_commit(conn)  # a lost mark only republishes: at-least-once
+            await self._publish_all(conn, await outbox_db.claim_ids(conn, list(ids)))
 
     async def _publish_all(self, conn: asyncpg.Connection, stored: list[outbox_db.StoredMessage]) -> None:
         if not stored:
@@ -226,6 +222,7 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """Publish one batch of due rows; return how many were claimed."""
         async with self._pool.acquire() as conn, conn.transaction():
+            await relaxed_commit(conn)
             stored = await outbox_db.claim_due(conn, limit=self._batch)
             await self._publish_all(conn, stored)
         return len(stored)

@@ -17,6 +17,7 @@ import structlog
 
 from providers.base import Page, ProviderRecord, PushItem, PushResult, VenueAuth
 from service.database import jobs as jobs_db
+from service.database import relaxed_commit
 from service.database import outbox as outbox_db
 from service.errors import IntegrationError, ValidationError
 from service.messages import (
@@ -78,6 +79,8 @@ class JobRunner:
         self.attempts = 0
         self._outbox_ids: list[int] = []  # published right after the ack-worthy commit
         self.made_progress = False  # records stored this run: a retry then starts a fresh count
+        self.finished: str | None = None  # the final status, once stored
+        self._started_at: Any = None
 
     async def run(self) -> tuple[str, tuple[int, ...]]:
         """Run the job to its end; return (status, outbox ids). Raises RetryLater."""
@@ -100,11 +103,14 @@ class JobRunner:
             if exc.retryable:
                 raise RetryLater(exc) from exc
             raise
+        if self.finished is not None:  # the last page's transaction stored the result
+            return self.finished, tuple(self._outbox_ids)
         return await self._finish(tally, row["started_at"])
 
     async def _start(self) -> Any:
         r = self._r
         async with self._d.pool.acquire() as conn, conn.transaction():
+            await relaxed_commit(conn)
             previous = await jobs_db.get_job(conn, r.job_id, for_update=True)
             if previous is not None and previous["status"] == "failed":
                 await jobs_db.clear_failed_records(conn, r.job_id)
@@ -123,6 +129,7 @@ class JobRunner:
                 count_attempt=True,
             )
         self.attempts = row["attempts"]
+        self._started_at = row["started_at"]
         log.info("sync_started", entity=r.entity, direction=r.direction, mode=r.mode, attempt=self.attempts)
         return row
 
@@ -182,6 +189,7 @@ class JobRunner:
             if record_id is not None:
                 rows.append((record_id, "map", "failed", None, None, exc.category, exc.severity, str(exc)))
         async with self._d.pool.acquire() as conn, conn.transaction():
+            await relaxed_commit(conn)
             await jobs_db.log_records(conn, self._r.job_id, rows)
             await jobs_db.set_progress(conn, self._r.job_id, None, tally.counts)
 
@@ -227,6 +235,7 @@ class JobRunner:
                 states.append((result.external_id, item.record_id, version, None, version, False))
                 events.append(self._event(result.external_id, item.record_id, data, version))
         async with self._d.pool.acquire() as conn, conn.transaction():
+            await relaxed_commit(conn)
             await jobs_db.log_records(conn, r.job_id, log_rows)
             await jobs_db.upsert_record_states(conn, r.venue_id, r.provider, r.entity, states)
             self._outbox_ids += await outbox_db.enqueue(conn, events)
@@ -282,7 +291,10 @@ class JobRunner:
 
         r = self._r
         external_ids = [rec.external_id for rec in page.records]
+        last = page.next_cursor is None
         async with self._d.pool.acquire() as conn, conn.transaction():
+            if not last:  # a lost mid-job page is re-read; the last one carries the outcome
+                await relaxed_commit(conn)
             known = await jobs_db.record_states(conn, r.venue_id, r.provider, r.entity, external_ids)
             states, events, log_rows = [], [], []
             for record in page.records:
@@ -315,8 +327,11 @@ class JobRunner:
             self.made_progress = True  # the page and its cursor are stored
             if page.resume_cursor is not None:
                 await jobs_db.put_cursor(conn, r.venue_id, r.provider, r.entity, page.resume_cursor)
-            progress = None if page.next_cursor is None else {"cursor": page.next_cursor, "resume": resume}
-            await jobs_db.set_progress(conn, r.job_id, progress, tally.counts)
+            if last:
+                await self._finish(tally, self._started_at, conn)
+            else:
+                progress = {"cursor": page.next_cursor, "resume": resume}
+                await jobs_db.set_progress(conn, r.job_id, progress, tally.counts)
 
     def _compare(
         self, record: ProviderRecord, data: dict[str, Any], known: Any, auth: VenueAuth
@@ -367,9 +382,15 @@ class JobRunner:
 
     # Finish --------------------------------------------------------------------------
 
-    async def _finish(self, tally: Tally, started_at: Any) -> tuple[str, tuple[int, ...]]:
+    async def _record_finish(self, conn: Any, result: JobResult) -> None:
         from service.engine import finish
 
+        messages = await finish(conn, self._d.routes, result, self._delivery)
+        self._outbox_ids += await outbox_db.enqueue(conn, messages)
+        self.finished = result.status
+
+    async def _finish(self, tally: Tally, started_at: Any, conn: Any = None) -> tuple[str, tuple[int, ...]]:
+        """Store the job's result (in ``conn``'s transaction when given) and announce it."""
         r = self._r
         counts = tally.job_counts()
         status = final_status(counts)
@@ -385,9 +406,11 @@ class JobRunner:
             started_at=started_at or utcnow(),
             finished_at=utcnow(),
         )
-        async with self._d.pool.acquire() as conn, conn.transaction():
-            messages = await finish(conn, self._d.routes, result, self._delivery)
-            self._outbox_ids += await outbox_db.enqueue(conn, messages)
+        if conn is not None:
+            await self._record_finish(conn, result)
+        else:
+            async with self._d.pool.acquire() as own, own.transaction():
+                await self._record_finish(own, result)
         for outcome in ("created", "updated", "skipped", "failed"):
             if tally.counts[outcome]:
                 self._d.metrics.records_processed.labels(r.provider, r.entity, outcome).inc(

@@ -140,6 +140,16 @@ async def migrate_database(dsn: str) -> bool:
     return created
 
 
+async def relaxed_commit(conn: asyncpg.Connection) -> None:
+    """Let this transaction's commit return before its WAL is flushed.
+
+    Only for work that is safe to lose in a crash because a redelivery redoes it (job start,
+    a page or batch stored mid-job, limiter state, outbox marks): the outcome transaction
+    committed before each ack stays synchronous, and flushing it flushes all earlier WAL.
+    """
+    await conn.execute("SET LOCAL synchronous_commit TO OFF")
+
+
 async def ping(pool: Pool) -> None:
     """One round trip; raises NetworkError when the database is away."""
     try:

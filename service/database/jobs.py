@@ -188,6 +188,8 @@ async def outcome_tally(conn: Conn, job_id: str) -> tuple[dict[str, int], list[d
 
 async def log_records(conn: asyncpg.Connection, job_id: str, rows: list[tuple[Any, ...]]) -> None:
     """Insert outcome rows: (record_id, operation, outcome, external_id, key, category, severity, message)."""
+    if not rows:
+        return
     await conn.executemany(
         """INSERT INTO sync_record_log (job_id, record_id, operation, outcome, external_id,
                idempotency_key, category, severity, message)
@@ -257,6 +259,8 @@ async def upsert_record_states(
     conn: asyncpg.Connection, venue_id: str, provider: str, entity: str, rows: list[tuple[Any, ...]]
 ) -> None:
     """Rows: (external_id, platform_id, version, updated_at, content_hash, deleted)."""
+    if not rows:
+        return
     await conn.executemany(
         """INSERT INTO record_state (venue_id, provider, entity, external_id, platform_id, version,
                updated_at, content_hash, deleted)

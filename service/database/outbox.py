@@ -80,11 +80,12 @@ async def claim_due(conn: asyncpg.Connection, *, limit: int) -> list[StoredMessa
     return [_stored(r) for r in rows]
 
 
-async def fetch_unpublished(conn: Conn, ids: list[int]) -> list[StoredMessage]:
+async def claim_ids(conn: asyncpg.Connection, ids: list[int]) -> list[StoredMessage]:
+    """Lock these rows if still unpublished and due (another relay may hold or have sent them)."""
     rows = await conn.fetch(
         """SELECT id, exchange, routing_key, message_id, correlation_id, headers, reply_to, body
            FROM outbox WHERE id = ANY($1::bigint[]) AND published_at IS NULL
-             AND available_at <= now() ORDER BY id""",
+             AND available_at <= now() ORDER BY id FOR UPDATE SKIP LOCKED""",
         ids,
     )
     return [_stored(r) for r in rows]

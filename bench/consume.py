@@ -1,0 +1,254 @@
+"""Throughput of the daemon beside a bare aio-pika consumer, and its memory under a backlog.
+
+Prints one JSON object:
+- ``daemon_msgs_per_s``: small sync requests (a full pull of an empty Stripe account: one
+  HTTP call, the job row, the job result) through `integration-service run`, from the moment
+  it is ready until every job is finished in PostgreSQL;
+- ``reference_msgs_per_s``: a bare aio-pika consumer (same prefetch) that makes the same HTTP
+  call through aiohttp, writes one row with asyncpg and acks; ``ratio`` = daemon / reference
+  (target >= 0.8);
+- ``rss_mb``: the daemon's resident memory sampled while it consumes with a backlog of
+  ``--backlog`` messages waiting, at small and full backlog (target: under 200 MB, flat).
+
+Everything runs on loopback against a throwaway vhost and database that are removed after.
+
+    python bench/consume.py [--messages 2000] [--backlog 100000] [--venues 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+import asyncpg
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = str(REPO / ".venv" / "bin" / "integration-service")
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PREFETCH = 16
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def wait_http(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(url) as reply:
+                    if reply.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        run = uuid.uuid4().hex[:10]
+        self.vhost, self.database = f"bench-{run}", f"bench_{run}"
+        self.amqp_url = f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}"
+        self.database_url = f"postgresql://postgres@127.0.0.1:5432/{self.database}"
+        self.sandbox_port = free_port()
+        self.sandbox_url = f"http://127.0.0.1:{self.sandbox_port}"
+        self.env = {**os.environ, "AMQP_URL": self.amqp_url, "DATABASE_URL": self.database_url,
+                    "LOCAL_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(), "LOG_LEVEL": "WARNING",
+                    "LOG_FORMAT": "json", "STRIPE_API_BASE": f"{self.sandbox_url}/stripe",
+                    "HEALTH_CHECK_INTERVAL_SECONDS": "3600", "RATE_LIMIT_STRIPE_PER_SECOND": "100"}
+        self.keys: dict[str, str] = {}
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([CLI, *args], env=env or self.env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
+
+    async def setup(self) -> None:
+        rabbitmqctl("add_vhost", self.vhost)
+        rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+        subprocess.run([CLI, "migrate"], env=self.env, check=True, capture_output=True, timeout=120)
+        self.spawn("sandbox", "--port", str(self.sandbox_port))
+        await wait_http(f"{self.sandbox_url}/_sandbox/accounts")
+        async with aiohttp.ClientSession() as session:
+            for i in range(self.args.venues):
+                venue, key = f"bench-venue-{i}", f"sk_live_{uuid.uuid4().hex}"
+                self.keys[venue] = key
+                await session.post(f"{self.sandbox_url}/_sandbox/accounts",
+                                   json={"provider": "stripe", "account": venue, "api_key": key})
+        for venue, key in self.keys.items():
+            subprocess.run([CLI, "credentials", "set", "--venue", venue, "--provider", "stripe", "--kind",
+                            "api_key", "--secret-stdin"], input=key.encode(), env=self.env, check=True,
+                           capture_output=True, timeout=60)
+
+    async def publish(self, count: int, *, exchange: str = "integration.commands") -> None:
+        connection = await aio_pika.connect(self.amqp_url)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            target = await channel.get_exchange(exchange, ensure=False)
+            venues = list(self.keys)
+            for start in range(0, count, 500):
+                batch = []
+                for i in range(start, min(count, start + 500)):
+                    body = {"schema": "integration.sync_request.v1", "job_id": str(uuid.uuid4()),
+                            "venue_id": venues[i % len(venues)], "provider": "stripe", "entity": "customers",
+                            "direction": "pull", "mode": "full"}
+                    message = aio_pika.Message(json.dumps(body).encode(), content_type="application/json",
+                                               delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                               message_id=str(uuid.uuid4()))
+                    batch.append(target.publish(message, routing_key="sync.stripe.customers"))
+                await asyncio.gather(*batch)
+
+    async def finished_jobs(self) -> int:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            return int(await conn.fetchval(
+                "SELECT count(*) FROM sync_jobs WHERE status IN ('succeeded', 'partial', 'failed')"))
+        finally:
+            await conn.close()
+
+    async def daemon_rate(self) -> float:
+        n = self.args.messages
+        await self.publish(n)
+        port = free_port()
+        daemon = self.spawn("run", "--port", str(port))
+        await wait_http(f"http://127.0.0.1:{port}/readyz")
+        started = time.monotonic()
+        while await self.finished_jobs() < n:
+            if time.monotonic() - started > 300:
+                raise RuntimeError("the daemon did not finish in 300 s")
+            await asyncio.sleep(0.05)
+        elapsed = time.monotonic() - started
+        daemon.terminate()
+        daemon.wait(timeout=60)
+        return n / elapsed
+
+    async def reference_rate(self) -> float:
+        """A bare consumer: same HTTP call, one asyncpg insert, ack."""
+        n = self.args.messages
+        connection = await aio_pika.connect(self.amqp_url)
+        pool = await asyncpg.create_pool(self.database_url, min_size=2, max_size=10)
+        await pool.execute("CREATE TABLE IF NOT EXISTS bench_reference (job_id text PRIMARY KEY, body jsonb)")
+        async with connection, aiohttp.ClientSession() as session:
+            channel = await connection.channel(publisher_confirms=True)
+            await channel.set_qos(prefetch_count=PREFETCH)
+            queue = await channel.declare_queue("bench.reference", durable=True,
+                                                arguments={"x-queue-type": "quorum"})
+            await queue.bind("integration.commands", "sync.#")
+            await self.publish(n)
+            await (await channel.get_queue("integration.sync-requests", ensure=False)).purge()
+            done = asyncio.Event()
+            count = 0
+
+            async def handle(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                nonlocal count
+                body = json.loads(message.body)
+                key = self.keys[body["venue_id"]]
+                async with session.get(f"{self.sandbox_url}/stripe/v1/customers?limit=100",
+                                       headers={"Authorization": f"Bearer {key}"}) as reply:
+                    await reply.read()
+                await pool.execute("INSERT INTO bench_reference VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                                   body["job_id"], message.body.decode())
+                await message.ack()
+                count += 1
+                if count >= n:
+                    done.set()
+
+            started = time.monotonic()
+            await queue.consume(handle)
+            await asyncio.wait_for(done.wait(), timeout=300)
+            elapsed = time.monotonic() - started
+            await queue.delete(if_unused=False, if_empty=False)
+        await pool.close()
+        return n / elapsed
+
+    async def rss_under_backlog(self) -> dict[str, float]:
+        """Publish the backlog, start the daemon, sample its RSS as it consumes."""
+        backlog = self.args.backlog
+        small = min(1000, backlog)
+        await self.publish(small)
+        port = free_port()
+        daemon = self.spawn("run", "--port", str(port))
+        await wait_http(f"http://127.0.0.1:{port}/readyz")
+        await asyncio.sleep(3)
+        at_small = rss_mb(daemon.pid)
+        await self.publish(backlog - small)
+        peak = at_small
+        deadline = time.monotonic() + self.args.rss_seconds
+        while time.monotonic() < deadline:
+            peak = max(peak, rss_mb(daemon.pid))
+            await asyncio.sleep(0.25)
+        daemon.terminate()
+        daemon.wait(timeout=60)
+        return {"rss_mb_small_backlog": round(at_small, 1), "rss_mb_peak_full_backlog": round(peak, 1),
+                "backlog_messages": backlog}
+
+    async def teardown(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        conn = await asyncpg.connect(PG_ADMIN)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        finally:
+            await conn.close()
+        rabbitmqctl("delete_vhost", self.vhost)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--backlog", type=int, default=100_000)
+    parser.add_argument("--venues", type=int, default=20)
+    parser.add_argument("--rss-seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    bench = Bench(args)
+    try:
+        await bench.setup()
+        daemon = await bench.daemon_rate()
+        reference = await bench.reference_rate()
+        memory = await bench.rss_under_backlog()
+    finally:
+        await bench.teardown()
+    print(json.dumps({
+        "messages": args.messages, "prefetch": PREFETCH,
+        "daemon_msgs_per_s": round(daemon, 1), "reference_msgs_per_s": round(reference, 1),
+        "ratio": round(daemon / reference, 3), "target_ratio": 0.8, **memory, "target_rss_mb": 200,
+    }))
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
