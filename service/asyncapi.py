@@ -286,7 +286,8 @@ class _Builder:
         self.channels["job_reply"] = _channel(
             None, "The job result again, to the request's reply_to queue (default exchange, "
             "correlation_id copied).", {"jobResult": "JobResult"},
-            {"amqp": {"is": "queue", "bindingVersion": AMQP_BINDING_VERSION}})
+            {"amqp": {"is": "routingKey", "exchange": {"name": "", "type": "default", "vhost": "/"},
+                      "bindingVersion": AMQP_BINDING_VERSION}})
 
     def add_dead_letters(self) -> None:
         self.messages["DeadLetter"] = dead_letter_message()
