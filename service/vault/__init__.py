@@ -158,6 +158,11 @@ class Vault:
         self._pool = pool
         self._keys = keys
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The pool the vault reads and writes through (for callers that lock rows with it)."""
+        return self._pool
+
     async def _seal(self, venue_id: str, provider: str, kind: str, secret: str,
                     meta: SecretMetadata) -> db.SealedRow:
         context = _context(venue_id, provider, kind)

@@ -29,6 +29,7 @@ SECRETS = {
     "mailchimp_key": "0123456789abcdef0123456789abcdef-us21",
     "square_token": "EAAAEOuLQzOgdVWmSandboxToken42",
     "custom_scheme": "hunter2TokenAfterCustomScheme",
+    "quickbooks_jwe": "eyJlbmMiOiJBMTI4Q0JDLUhTMjU2IiwiYWxnIjoiZGlyIn0..Qx7Lw2b9vXkZ.aGlkZGVu.c2Vj",
 }
 
 PLANTED: list[tuple[str, dict[str, Any]]] = [
@@ -43,6 +44,7 @@ PLANTED: list[tuple[str, dict[str, Any]]] = [
     ("connect", {"dsn": f"postgresql://postgres:{SECRETS['url_password']}@db:5432/x"}),
     ("connect", {"target": f"amqp://guest:{SECRETS['url_password']}@rabbit:5672/"}),
     ("mailchimp", {"message": f"key {SECRETS['mailchimp_key']} rejected"}),
+    ("quickbooks", {"note": f"401 with token {SECRETS['quickbooks_jwe']} for realm 4620816365"}),
     ("square", {"body": json.dumps({"access_token": SECRETS["square_token"], "expires_at": None})}),
     ("refresh", {"access_token": "opaque-token-without-a-known-shape-1"}),
     ("refresh", {"response": '{"refresh_token": "opaque-refresh-token-2", "expires_in": 3600}'}),
