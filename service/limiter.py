@@ -317,10 +317,10 @@ class RateLimiter:
 
     async def penalize(self, provider: str, account: str, retry_after_s: float) -> None:
         """A 429 from the provider: pause this account in every process for retry_after_s."""
-        now = self._clock()
-        await self._store.update(
-            provider, account, lambda state: pause(state, now=now, retry_after_s=retry_after_s)
-        )
+        def change(state: BucketState) -> tuple[BucketState, None]:
+            return pause(state, now=self._clock(), retry_after_s=retry_after_s)  # under the lock
+
+        await self._store.update(provider, account, change)
         if self._observer is not None:
             self._observer.throttled(provider)
 
