@@ -370,3 +370,33 @@ async def test_healthz_and_metrics(ingress: Running) -> None:
         async with session.get(f"{ingress.url}/metrics") as response:
             text = await response.text()
     assert 'integration_webhooks_received_total{provider="stripe",status="404"} 1.0' in text
+
+
+async def test_chunked_body_under_limit_accepted(ingress: Running, publisher: FakePublisher) -> None:
+    """A chunked body (no Content-Length) under the limit is read whole and published exactly."""
+    pieces = [EVENT[:20], EVENT[20:50], EVENT[50:]]
+
+    async def body() -> AsyncIterator[bytes]:
+        for piece in pieces:
+            yield piece
+
+    async with aiohttp.ClientSession() as session:
+        headers = stripe_headers(EVENT)
+        async with session.post(f"{ingress.url}/webhooks/stripe/{VENUE}", data=body(), headers=headers) as r:
+            status = r.status
+    assert 200 == status
+    assert [EVENT] == [base64.b64decode(m.body) for m, _ in publisher.published]
+
+
+async def test_refusal_logs_never_carry_secrets(ingress: Running) -> None:
+    """Refusals are logged with a reason, never the secret, the signature or the body."""
+    from structlog.testing import capture_logs
+
+    forged = stripe_headers(EVENT, secret="whsec_forged")
+    with capture_logs() as logs:
+        await post(f"{ingress.url}/webhooks/stripe/{VENUE}", EVENT, forged)
+        await post(f"{ingress.url}/webhooks/mailchimp/{VENUE}/{MC_TOKEN}x", {"type": "subscribe"})
+    text = json.dumps(logs, default=str)
+    assert ["webhook_refused", "webhook_refused"] == [entry["event"] for entry in logs]
+    for secret in (STRIPE_SECRET, MC_TOKEN, forged["Stripe-Signature"], "evt_routes_1"):
+        assert secret not in text
