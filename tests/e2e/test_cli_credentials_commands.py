@@ -237,3 +237,32 @@ def test_every_credentials_command_has_help(env: dict[str, str]) -> None:
     outputs = {name: cli(env, "credentials", name, "--help") for name in ("set", "show", "delete", "rotate")}
     assert {name: 0 for name in outputs} == {name: r.returncode for name, r in outputs.items()}
     assert "--secret-stdin" in outputs["set"].stdout and "--json" in outputs["show"].stdout
+
+
+def test_unmigrated_database_says_run_migrate(service_env: dict[str, str]) -> None:
+    """A missing database or a database without the schema: one line telling to run migrate."""
+    import asyncio
+    import uuid
+
+    import asyncpg
+
+    name = f"test_unmigrated_{uuid.uuid4().hex[:10]}"
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+    async def admin_sql(sql: str) -> None:
+        conn = await asyncpg.connect(admin, timeout=10)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    missing = cli({**service_env, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{name}_none"},
+                  "credentials", "show")
+    asyncio.run(admin_sql(f'CREATE DATABASE "{name}"'))
+    try:
+        empty = cli({**service_env, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{name}"},
+                    "credentials", "show")
+    finally:
+        asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    assert [(1, 1, True), (1, 1, True)] == [failed(missing), failed(empty)]
+    assert ("migrate" in missing.stderr, "migrate" in empty.stderr) == (True, True)
