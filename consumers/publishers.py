@@ -193,10 +193,13 @@ class OutboxRelay:
     """Publishes committed outbox rows: inline right after a commit, and in a polling loop
     that catches what a crash or a broker outage left behind (and due scheduled retries)."""
 
-    def __init__(self, pool: asyncpg.Pool, publisher: AmqpPublisher, *, batch: int = 200) -> None:
+    def __init__(self, pool: asyncpg.Pool, publisher: AmqpPublisher, *, batch: int = 200,
+                 metrics: Any = None) -> None:
         self._pool = pool
         self._publisher = publisher
         self._batch = batch
+        self._metrics = metrics
+        self._gauge_at = 0.0
         self.wakeup = asyncio.Event()
 
     async def publish_ids(self, ids: tuple[int, ...] | list[int]) -> None:
@@ -219,6 +222,17 @@ class OutboxRelay:
         if failures:
             log.warning("outbox_publish_failed", failed=len(failures), error=str(failures[0]))
 
+    async def _observe_backlog(self, every_s: float = 5.0) -> None:
+        """Set integration_outbox_pending_messages now and then (a count is not free)."""
+        now = asyncio.get_running_loop().time()
+        if self._metrics is None or now - self._gauge_at < every_s:
+            return
+        self._gauge_at = now
+        try:
+            self._metrics.outbox_pending.set(await outbox_db.pending_count(self._pool))
+        except Exception as exc:
+            log.warning("outbox_count_failed", error=exc.__class__.__name__)
+
     async def relay_once(self) -> int:
         """Publish one batch of due rows; return how many were claimed."""
         async with self._pool.acquire() as conn, conn.transaction():
@@ -235,6 +249,7 @@ class OutboxRelay:
             except Exception as exc:
                 log.warning("outbox_relay_error", error=f"{exc.__class__.__name__}: {exc}")
                 claimed = 0
+            await self._observe_backlog()
             if claimed >= self._batch:
                 continue
             self.wakeup.clear()

@@ -143,7 +143,7 @@ async def open_app(settings: Settings, *, component: str, pool_size: int = 20) -
         channel = await connection.channel(publisher_confirms=True)
         await declare_topology(channel)
         publisher = AmqpPublisher(channel)
-        relay = OutboxRelay(pool, publisher)
+        relay = OutboxRelay(pool, publisher, metrics=metrics)
         yield App(settings, pool, vault, metrics, http, clients, auth, connection, publisher, relay)
 
 
