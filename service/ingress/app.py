@@ -192,19 +192,42 @@ async def _lookup(pending: Awaitable[bool] | Awaitable[str | None]) -> object:
 # Routes ------------------------------------------------------------------------------
 
 
+async def _secret(request: web.Request, venue_id: str, provider: str, *, refresh: bool = False) -> str | None:
+    directory = request.app[INGRESS_KEY].directory
+    found = await _lookup(directory.webhook_secret(venue_id, provider, refresh=refresh))
+    return found if isinstance(found, str) else None
+
+
+async def _with_fresh_secret(
+    request: web.Request, venue_id: str, provider: str, check: Callable[[str | None], None]
+) -> None:
+    """Check with the cached secret; after a mismatch, once more with a re-read one (it may
+    have just been rotated by `webhooks register`)."""
+    secret = await _secret(request, venue_id, provider)
+    try:
+        check(secret)
+    except hooks.SignatureRejected:
+        fresh = await _secret(request, venue_id, provider, refresh=True)
+        if fresh == secret:
+            raise
+        check(fresh)
+
+
 async def stripe_webhook(request: web.Request) -> web.Response:
     async def step() -> web.Response:
         venue_id = await _require_venue(request, "stripe")
-        directory = request.app[INGRESS_KEY].directory
 
         async def verify(body: bytes) -> None:
             header = request.headers.get(hooks.STRIPE_SIGNATURE)
             if not header:  # no need to open the secret to know this one fails
                 raise hooks.SignatureRejected("missing Stripe-Signature header")
-            secret = await _lookup(directory.webhook_secret(venue_id, "stripe"))
-            if not isinstance(secret, str):
-                raise hooks.SignatureRejected("this venue has no Stripe webhook secret")
-            hooks.verify_stripe(body, header, secret)
+
+            def check(secret: str | None) -> None:
+                if secret is None:
+                    raise hooks.SignatureRejected("this venue has no Stripe webhook secret")
+                hooks.verify_stripe(body, header, secret)
+
+            await _with_fresh_secret(request, venue_id, "stripe", check)
 
         return await _accept(request, "stripe", venue_id, verify)
 
@@ -212,8 +235,10 @@ async def stripe_webhook(request: web.Request) -> web.Response:
 
 
 async def _mailchimp_token_ok(request: web.Request, venue_id: str) -> None:
-    expected = await _lookup(request.app[INGRESS_KEY].directory.webhook_secret(venue_id, "mailchimp"))
-    hooks.verify_mailchimp_token(request.match_info["token"], expected if isinstance(expected, str) else None)
+    token = request.match_info["token"]
+    await _with_fresh_secret(
+        request, venue_id, "mailchimp", lambda expected: hooks.verify_mailchimp_token(token, expected)
+    )
 
 
 async def mailchimp_webhook(request: web.Request) -> web.Response:

@@ -28,8 +28,12 @@ class WebhookDirectory(Protocol):
         """True when the venue has any credential for the provider."""
         ...
 
-    async def webhook_secret(self, venue_id: str, provider: str) -> str | None:
-        """The venue's webhook_secret for the provider, or None when it has none."""
+    async def webhook_secret(self, venue_id: str, provider: str, *, refresh: bool = False) -> str | None:
+        """The venue's webhook_secret for the provider, or None when it has none.
+
+        ``refresh`` asks to bypass the cache (after a failed check: the secret may have just
+        been rotated); an implementation may limit how often it honours that.
+        """
         ...
 
 
@@ -37,7 +41,7 @@ class TtlCache(Generic[V]):
     """A bounded map whose entries expire; the oldest entry goes first when full."""
 
     def __init__(self, *, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._entries: OrderedDict[tuple[str, str], tuple[float, V]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], tuple[float, float, V]] = OrderedDict()
         self._max = max_entries
         self._clock = clock
 
@@ -49,11 +53,17 @@ class TtlCache(Generic[V]):
         if entry[0] <= self._clock():
             del self._entries[key]
             return False, None
-        return True, entry[1]
+        return True, entry[2]
+
+    def age_s(self, key: tuple[str, str]) -> float | None:
+        """Seconds since the entry was stored, None when there is none."""
+        entry = self._entries.get(key)
+        return None if entry is None else self._clock() - entry[1]
 
     def put(self, key: tuple[str, str], value: V, *, ttl_s: float) -> None:
         self._entries.pop(key, None)
-        self._entries[key] = (self._clock() + ttl_s, value)
+        now = self._clock()
+        self._entries[key] = (now + ttl_s, now, value)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
@@ -66,12 +76,14 @@ class VaultDirectory:
 
     def __init__(
         self, pool: Any, vault: Vault, *, ttl_s: float = 30.0, negative_ttl_s: float = 5.0,
-        max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic,
+        max_entries: int = 10_000, min_refresh_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
         self._vault = vault
         self._ttl_s = ttl_s
         self._negative_ttl_s = negative_ttl_s
+        self._min_refresh_s = min_refresh_s
         self._known: TtlCache[bool] = TtlCache(max_entries=max_entries, clock=clock)
         self._secrets: TtlCache[str | None] = TtlCache(max_entries=max_entries, clock=clock)
         self.decryptions = 0  # secrets opened (tests check that unknown venues cost none)
@@ -88,9 +100,13 @@ class VaultDirectory:
         self._known.put((venue_id, provider), found, ttl_s=self._ttl_s if found else self._negative_ttl_s)
         return found
 
-    async def webhook_secret(self, venue_id: str, provider: str) -> str | None:
-        hit, secret = self._secrets.get((venue_id, provider))
-        if hit:
+    async def webhook_secret(self, venue_id: str, provider: str, *, refresh: bool = False) -> str | None:
+        key = (venue_id, provider)
+        hit, secret = self._secrets.get(key)
+        age_s = self._secrets.age_s(key)
+        # A refresh is honoured at most every min_refresh_s per venue, so a flood of forged
+        # signatures costs at most one decryption per venue per interval.
+        if hit and not (refresh and age_s is not None and age_s >= self._min_refresh_s):
             return secret
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT_S):

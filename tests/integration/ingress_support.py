@@ -60,7 +60,7 @@ class FakeDirectory:
     async def venue_known(self, venue_id: str, provider: str) -> bool:
         return (venue_id, provider) in self.known
 
-    async def webhook_secret(self, venue_id: str, provider: str) -> str | None:
+    async def webhook_secret(self, venue_id: str, provider: str, *, refresh: bool = False) -> str | None:
         self.secret_lookups += 1
         return self.secrets.get((venue_id, provider))
 

@@ -42,7 +42,7 @@ async def vault(pool: Any, settings: Any) -> Vault:
 
 @pytest.fixture
 async def directory(pool: Any, vault: Vault) -> VaultDirectory:
-    return VaultDirectory(pool, vault)
+    return VaultDirectory(pool, vault, min_refresh_s=0.0)
 
 
 @pytest.fixture
@@ -174,3 +174,19 @@ async def test_message_body_decodes_to_signed_bytes(
     assert 200 == await post_stripe(ingress.url, venue_id, body)
     [(data, raw, _)] = await drain_published(services.amqp_url, marker.encode())
     assert body == raw == base64.b64decode(data["body"])
+
+
+async def test_rotated_secret_accepted_without_waiting_for_the_cache(
+    ingress: Running, vault: Vault, venue_id: str, directory: VaultDirectory, services: Any
+) -> None:
+    """After the secret is replaced (webhooks register), a webhook signed with the new one passes
+    at once: a mismatch re-reads the secret instead of waiting out the cache."""
+    await vault.set(venue_id, "stripe", "webhook_secret", SECRET)
+    marker = uuid.uuid4().hex
+    assert 200 == await post_stripe(ingress.url, venue_id, event(f"{marker}-old"))
+    await vault.set(venue_id, "stripe", "webhook_secret", "whsec_rotated_secret")
+    assert 200 == await post_stripe(
+        ingress.url, venue_id, event(f"{marker}-new"), secret="whsec_rotated_secret"
+    )
+    assert 401 == await post_stripe(ingress.url, venue_id, event(f"{marker}-stale-secret"))
+    assert 2 == len(await drain_published(services.amqp_url, marker.encode()))

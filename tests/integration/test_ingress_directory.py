@@ -78,3 +78,16 @@ async def test_missing_secret_is_none(pool: Any, vault: Vault, venue_id: str) ->
         await directory.venue_known(venue_id, "stripe"),
         await directory.webhook_secret(venue_id, "stripe"),
     )
+
+
+async def test_refresh_is_rate_limited(pool: Any, vault: Vault, venue_id: str) -> None:
+    """A refresh re-reads the secret only when the cached one is older than min_refresh_s."""
+    clock = Clock()
+    directory = VaultDirectory(pool, vault, min_refresh_s=2, clock=clock)
+    await vault.set(venue_id, "stripe", "webhook_secret", "whsec_one")
+    await directory.webhook_secret(venue_id, "stripe")
+    await vault.set(venue_id, "stripe", "webhook_secret", "whsec_two")
+    too_soon = await directory.webhook_secret(venue_id, "stripe", refresh=True)
+    clock.now += 2
+    later = await directory.webhook_secret(venue_id, "stripe", refresh=True)
+    assert ("whsec_one", "whsec_two", 2) == (too_soon, later, directory.decryptions)
