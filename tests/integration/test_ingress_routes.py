@@ -400,3 +400,15 @@ async def test_refusal_logs_never_carry_secrets(ingress: Running) -> None:
     assert ["webhook_refused", "webhook_refused"] == [entry["event"] for entry in logs]
     for secret in (STRIPE_SECRET, MC_TOKEN, forged["Stripe-Signature"], "evt_routes_1"):
         assert secret not in text
+
+
+async def test_stalled_body_400_after_body_timeout(
+    directory: FakeDirectory, publisher: FakePublisher
+) -> None:
+    """A body that stops arriving is answered 400 after the body timeout, nothing published."""
+    async with serve_ingress(directory=directory, publisher=publisher, body_timeout_s=0.3) as running:
+        status, answer, sent = await _answer_while_sending(
+            f"{running.url}/webhooks/stripe/{VENUE}", 16 * 1024, stripe_headers(EVENT)
+        )
+    assert (400, {"error": "the body did not arrive within 0.3 s"}, 16 * 1024) == (status, answer, sent)
+    assert [] == publisher.published
