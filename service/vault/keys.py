@@ -173,18 +173,34 @@ def load_master_key(settings: Settings) -> bytes:
     except FileNotFoundError:
         pass
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return _read_key_file(path)  # another command created it first
+        created = _create_key_file(path)
     except OSError as exc:
         raise ConfigurationError(f"LOCAL_MASTER_KEY_FILE {path}: cannot create: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as handle:
-        handle.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
-    log.warning("local_master_key_generated", path=str(path),
-                hint=f"generated a new local master key at {path}; back it up: "
-                     "credentials stored under it cannot be read without it")
+    if created:
+        log.warning("local_master_key_generated", path=str(path),
+                    hint=f"generated a new local master key at {path}; back it up: "
+                         "credentials stored under it cannot be read without it")
     return _read_key_file(path)
+
+
+def _create_key_file(path: Path) -> bool:
+    """Write a new key beside ``path`` and hard-link it into place: readers never see a
+    half-written file, and when processes race (daemon and ingress starting together) one
+    key wins and every process reads that one. False when another process won."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(draft, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        draft.unlink(missing_ok=True)
 
 
 def _read_key_file(path: Path) -> bytes:

@@ -71,3 +71,23 @@ def test_corrupt_key_file_is_a_configuration_error(tmp_path: Path) -> None:
     path.write_text("c2hvcnQ=\n", encoding="utf-8")
     with pytest.raises(ConfigurationError, match="LOCAL_MASTER_KEY_FILE .*32 bytes"):
         load_master_key(load_settings(local_master_key_file=path))
+
+
+def test_racing_processes_all_get_the_same_key(tmp_path: Path) -> None:
+    """Commands starting together (daemon and ingress) generate one key and all read it."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "raced" / "master.key"
+    script = ("import sys; from service.config import load_settings; from service.vault.keys import "
+              "load_master_key; from service.logs import configure_logging; configure_logging(); "
+              "sys.stdout.write(load_master_key(load_settings()).hex())")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCAL_MASTER_KEY")}
+    env.update(LOCAL_MASTER_KEY_FILE=str(path), LOG_FORMAT="json")
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [proc.communicate(timeout=60) for proc in procs]
+    keys = {out for out, _ in results}
+    warnings = sum(err.count("local_master_key_generated") for _, err in results)
+    assert (1, 64, 1, [p.name for p in path.parent.iterdir()]) == (
+        len(keys), len(keys.pop()), warnings, ["master.key"])
