@@ -398,11 +398,16 @@ class RateLimiter:
                 continue  # the store is away: try again next period, the lease may still hold
 
     async def _release(self, provider: str, account: str, lease: str) -> None:
-        """Give the slot back even if this task is being cancelled (shielded)."""
+        """Give the slot back even if this task is being cancelled (shielded).
+
+        A store failure is swallowed: the lease then runs out by itself within its TTL, and
+        the caller's own outcome (or exception) is what matters.
+        """
         def change(state: BucketState) -> tuple[BucketState, None]:
             return release(state, lease=lease)
 
-        await asyncio.shield(self._store.update(provider, account, change))
+        with contextlib.suppress(IntegrationError):
+            await asyncio.shield(self._store.update(provider, account, change))
         freed = self._freed.pop((provider, account), None)
         if freed is not None:
             freed.set()

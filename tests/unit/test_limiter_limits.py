@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 
 import pytest
 
-from service.errors import ConfigurationError, RateLimitError
+from service.errors import ConfigurationError, NetworkError, RateLimitError
 from service.limiter import (
     DEFAULT_MARGIN_S,
     BucketState,
@@ -151,3 +152,20 @@ async def test_a_local_release_wakes_a_local_waiter_at_once() -> None:
     let_go.set()
     await asyncio.wait_for(asyncio.gather(held, waiting), timeout=5)
     assert {} == (await limiter._store.read("quickbooks", "realm")).leases
+
+
+class FailingReleaseStore(MemoryBucketStore):
+    """A store whose releases fail, as when PostgreSQL goes away mid-call."""
+
+    async def update(self, provider: str, account: str, change: Any) -> Any:
+        if getattr(change, "__qualname__", "").startswith("RateLimiter._release"):
+            raise NetworkError("rate-limit store failed: ConnectionResetError")
+        return await super().update(provider, account, change)
+
+
+async def test_a_failed_release_keeps_the_callers_own_error() -> None:
+    """When the slot cannot be given back, the call's own exception still reaches the caller."""
+    limiter = RateLimiter(FailingReleaseStore())
+    with pytest.raises(KeyError):
+        async with limiter.acquire("mailchimp", "user", Limits(per_second=10, concurrency=1), max_wait_s=1):
+            raise KeyError("the provider call failed")
