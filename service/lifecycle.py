@@ -6,6 +6,7 @@ The only module that knows every other one; nothing imports it but the CLI.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -57,17 +58,16 @@ async def learn_square_merchant(
     settings: Settings, vault: Vault, info: CredentialInfo, secret: str
 ) -> CredentialInfo:
     """Ask Square for the merchant id of a new api_key; keep going if Square is away."""
-    try:
-        from providers.square import fetch_merchant_id
-    except ImportError:
-        return info
+    from providers.square import fetch_merchant_id
+
     try:
         merchant_id = await fetch_merchant_id(settings, secret)
     except Exception as exc:  # learned on first use instead (CONTRACT section 1)
         log.warning("square_merchant_lookup_failed", venue_id=info.venue_id, error=str(exc))
         return info
     await vault.set_merchant_id(info, merchant_id)
-    return (await vault.show(info.venue_id, "square"))[0] if merchant_id else info
+    shown = await vault.show(info.venue_id, "square")
+    return next((i for i in shown if i.kind == info.kind), info)
 
 
 async def refresh_now(settings: Settings, vault: Vault, info: CredentialInfo) -> CredentialInfo:
@@ -165,12 +165,25 @@ def build_engine(app: App) -> tuple[Any, Any]:
         settings=app.settings,
         pool=app.pool,
         clients=app.clients,
-        auth_for=app.auth.for_venue,
+        auth_for=functools.partial(auth_with_merchant, app),
         routes=MessageRoutes(),
         metrics=app.metrics,
     )
     engine = Engine(deps)
     return engine, WebhookProcessor(deps, engine)
+
+
+async def auth_with_merchant(app: App, venue_id: str, provider: str) -> Any:
+    """The venue's auth; a Square api_key whose merchant id is unknown learns it now
+    (CONTRACT section 1: at `credentials set` when Square answers, else on first use)."""
+    auth = await app.auth.for_venue(venue_id, provider)
+    if provider != "square" or auth.value("merchant_id") is not None or getattr(auth, "is_oauth", False):
+        return auth
+    credential = await app.vault.get(venue_id, "square", "api_key")
+    info = await learn_square_merchant(app.settings, app.vault, credential.info, credential.secret)
+    if info.merchant_id is None:
+        return auth
+    return await app.auth.for_venue(venue_id, provider)
 
 
 class Daemon:

@@ -173,7 +173,7 @@ class JobRunner:
                 invalid.append((record_id, exc))
                 continue
             key = idempotency_key(r.job_id, record_id, operation)
-            pending.append((PushItem(record_id, payload, key, external_id), record))
+            pending.append((PushItem(record_id, payload, key, external_id, first_attempt_at=self._started_at), record))
         await self._store_invalid(invalid, tally)
         size = max(1, client.batch_size(r.entity))
         for batch in _chunks(pending, size):

@@ -79,6 +79,29 @@ def test_square_push_then_pull(env: dict[str, str], running: DaemonProcess, sand
     assert "succeeded" == locations["status"] and locations["counts"]["processed"] >= 1
 
 
+def test_square_merchant_id_is_learned_on_first_use(env: dict[str, str], running: DaemonProcess,
+                                                    sandbox_server: Any, venue_id: str) -> None:
+    """Square away at `credentials set`: the daemon learns the merchant id on first use."""
+    key = f"EAAA{uuid.uuid4().hex}"
+    sandbox_server.control("POST", "/_sandbox/accounts", {"provider": "square", "account": venue_id, "api_key": key})
+    away = {**env, "SQUARE_API_BASE": "http://127.0.0.1:9"}
+    store(away, venue_id, "square", "api_key", key)
+
+    def merchant() -> Any:
+        shown = cli(env, "credentials", "show", "--venue", venue_id, "--json").stdout.splitlines()
+        return json.loads(shown[0]).get("merchant_id")
+
+    assert merchant() is None
+    assert "succeeded" == sync(env, venue_id, "square", "locations", "--mode", "full")["status"]
+    import urllib.request
+
+    request = urllib.request.Request(f"{sandbox_server.url}/square/v2/merchants/me",
+                                     headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        expected = json.loads(reply.read())["merchant"]["id"]
+    assert expected == merchant()
+
+
 def test_quickbooks_push_then_pull_with_oauth(env: dict[str, str], running: DaemonProcess, sandbox_server: Any,
                                               venue_id: str, tmp_path: Path) -> None:
     """QuickBooks: an OAuth credential, a batch push of customers, a pull back."""
