@@ -8,6 +8,7 @@ taking requests and let in-flight ones finish first, then the broker, then the p
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -76,6 +77,9 @@ async def serve(settings: Settings, *, port: int, stop: asyncio.Event | None = N
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         await web.TCPSite(runner, settings.http_host, port).start()
+        # Everything loaded so far (stripe, pydantic, aiohttp...) lives for the whole process:
+        # keep it out of the collector's generations so each collection scans only new objects.
+        gc.freeze()
         log.info("ingress_ready", host=settings.http_host, port=port, public_url=settings.ingress_public_url)
         await stop.wait()
         log.info("ingress_stopping")
