@@ -86,7 +86,7 @@ def backoff_delay_s(
     delay = ceiling * (0.5 + rng() / 2)
     if retry_after_s is not None:
         delay = max(delay, retry_after_s)
-    return min(delay, max_s)
+    return float(min(delay, max_s))
 
 
 def readable_job_id(body: dict[str, Any] | None) -> str | None:

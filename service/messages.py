@@ -53,7 +53,7 @@ class _Message(BaseModel):
 class SyncRequest(_Message):
     """integration.sync_request.v1: a request to pull or push one entity for one venue."""
 
-    schema_: Literal["integration.sync_request.v1"] = Field(SYNC_REQUEST_V1, alias="schema")
+    schema_: Literal["integration.sync_request.v1"] = Field("integration.sync_request.v1", alias="schema")
     job_id: Id
     venue_id: Id
     provider: ProviderName
@@ -90,7 +90,7 @@ class RecordError(_Message):
 class JobResult(_Message):
     """integration.job_result.v1: the one result every sync request ends in."""
 
-    schema_: Literal["integration.job_result.v1"] = Field(JOB_RESULT_V1, alias="schema")
+    schema_: Literal["integration.job_result.v1"] = Field("integration.job_result.v1", alias="schema")
     job_id: Id
     venue_id: str
     provider: str
@@ -106,7 +106,7 @@ class JobResult(_Message):
 class RecordEvent(_Message):
     """integration.record_event.v1: one change to one provider record, in platform shape."""
 
-    schema_: Literal["integration.record_event.v1"] = Field(RECORD_EVENT_V1, alias="schema")
+    schema_: Literal["integration.record_event.v1"] = Field("integration.record_event.v1", alias="schema")
     venue_id: str
     provider: ProviderName
     entity: str
@@ -122,7 +122,7 @@ class RecordEvent(_Message):
 class VerifiedWebhook(_Message):
     """integration.webhook.v1: a webhook whose signature the ingress verified."""
 
-    schema_: Literal["integration.webhook.v1"] = Field(WEBHOOK_V1, alias="schema")
+    schema_: Literal["integration.webhook.v1"] = Field("integration.webhook.v1", alias="schema")
     provider: ProviderName
     venue_id: str | None
     received_at: datetime

@@ -401,7 +401,7 @@ class JobRunner:
             entity=r.entity,
             direction=r.direction,
             status=status,
-            counts=counts,  # type: ignore[arg-type]
+            counts=counts,
             errors=tally.errors,
             started_at=started_at or utcnow(),
             finished_at=utcnow(),

@@ -85,8 +85,8 @@ def sync(venue: str, provider: str, entity: str, direction: str, mode: str, reco
     check_supported(provider, entity, direction)
     records = _read_records(records_source)
     try:
-        request = SyncRequest(job_id=job_id or str(uuid.uuid4()), venue_id=venue, provider=provider,  # type: ignore[arg-type]
-                              entity=entity, direction=direction, mode=mode,  # type: ignore[arg-type]
+        request = SyncRequest(job_id=job_id or str(uuid.uuid4()), venue_id=venue, provider=provider,
+                              entity=entity, direction=direction, mode=mode,
                               records=records, options=_parse_options(option_pairs))
     except PydanticValidationError as exc:
         raise CommandError(f"invalid request: {first_error_line(exc)}", 2) from None

@@ -99,8 +99,8 @@ class Demo:
         from service.messages import SyncRequest
 
         request = SyncRequest(job_id=str(uuid.uuid4()), venue_id=self.rows[provider].venue,
-                              provider=provider, entity=entity,  # type: ignore[arg-type]
-                              direction="push" if records is not None else "pull", mode=mode,  # type: ignore[arg-type]
+                              provider=provider, entity=entity,
+                              direction="push" if records is not None else "pull", mode=mode,
                               records=records, options=options or {})
         await publisher.publish_sync_request(request, message_id=str(uuid.uuid4()))
         deadline = time.monotonic() + STEP_TIMEOUT_S
@@ -199,7 +199,7 @@ class Demo:
                 event = await asyncio.wait_for(events.get(), timeout=max(0.1, deadline - time.monotonic()))
             except TimeoutError:
                 break
-            provider = event.get("provider")
+            provider = str(event.get("provider"))
             if event.get("source") == "webhook" and provider in waiting and event.get("venue_id") == self.rows[provider].venue:
                 waiting.discard(provider)
                 self.rows[provider].webhook += " -> record event"
