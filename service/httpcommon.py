@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.logs import redact_text
 from service.metrics import Metrics
@@ -23,6 +22,8 @@ ReadinessCheck = Callable[[], Awaitable[object]]
 CHECK_TIMEOUT_S = 2.0
 HEARTBEAT_S = 1.0
 HEARTBEAT_STALE_S = 10.0
+# The classic text format generate_latest() writes; every Prometheus version reads it.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _Heartbeat:
@@ -99,4 +100,5 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_text(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[METRICS_KEY].render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body = request.app[METRICS_KEY].render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})

@@ -412,3 +412,11 @@ async def test_stalled_body_400_after_body_timeout(
         )
     assert (400, {"error": "the body did not arrive within 0.3 s"}, 16 * 1024) == (status, answer, sent)
     assert [] == publisher.published
+
+
+async def test_wrong_method_405_json_with_allow(ingress: Running) -> None:
+    """A wrong method on a webhook route is a JSON 405 naming the allowed method."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{ingress.url}/webhooks/stripe/{VENUE}") as response:
+            answer = (response.status, await response.json(), response.headers.get("Allow"))
+    assert (405, {"error": "Method Not Allowed"}, "POST") == answer
