@@ -132,8 +132,8 @@ async def _accept(request: web.Request, provider: str, venue_id: str | None, ver
         await verify(body)
     except (hooks.SignatureRejected, hooks.SignatureUncheckable) as exc:
         raise Refused(exc.status, str(exc)) from None
-    message = VerifiedWebhook(  # type: ignore[call-arg]  # schema has a default
-        provider=provider,  # type: ignore[arg-type]
+    message = VerifiedWebhook(
+        provider=provider,
         venue_id=venue_id,
         received_at=utcnow(),
         headers=hooks.forwarded_headers(provider, request.headers),
