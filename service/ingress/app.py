@@ -152,7 +152,7 @@ async def _publish(ingress: Ingress, message: VerifiedWebhook) -> None:
         # it cost 3% of a request (bench/ingress.py).
         await ingress.publisher.publish_webhook(message, message_id=message_id, timeout_s=timeout_s)
     except (NetworkError, TimeoutError) as exc:
-        raise Refused(503, f"the message broker did not confirm within {timeout_s:g} s") from exc
+        raise Refused(503, f"the message broker is away or did not confirm within {timeout_s:g} s") from exc
     except Exception as exc:  # whatever broke, the provider must retry: never 200 unconfirmed
         log.error("webhook_publish_failed", provider=message.provider, error=type(exc).__name__)
         raise Refused(503, "the message broker is unavailable") from exc
