@@ -69,7 +69,8 @@ async def test_ingress_process_serves_and_stops(
             async with session.get(f"{base}/metrics") as r:
                 metrics = await r.text()
     finally:
-        process.send_signal(signal.SIGTERM)
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=20)
     assert (200, 200) == (stripe_status, square_status)
     found = await drain_published(services.amqp_url, marker.encode())
