@@ -162,10 +162,12 @@ async def test_contacts_paginate_and_pull_incrementally(client: MailchimpClient,
     full, resume = await pull_all(client, auth, "contacts", {"list_id": list_id})
     assert 1203 == len({r.external_id for r in full})
     assert resume is not None and list_id == resume["list_id"]
-    # Mailchimp times are whole seconds: wait for the next second so "since" separates old from new.
-    second = int(time.time())
-    await eventually(lambda: int(time.time()) > second, timeout=3, what="the next second")
-    ahead = {"list_id": list_id, "since_last_changed": datetime.fromtimestamp(second, UTC).isoformat()}
+    # Mailchimp times are whole seconds, on the provider's clock (not ours: the shared sandbox's
+    # clock may run ahead): "since" is the newest change seen, and the change comes > 1 s later.
+    newest = max(r.updated_at for r in full if r.updated_at is not None)
+    pulled_at = time.monotonic()
+    await eventually(lambda: time.monotonic() - pulled_at > 1.05, timeout=3, what="a second to pass")
+    ahead = {"list_id": list_id, "since_last_changed": newest.isoformat()}
     await client.push_batch(
         auth,
         "contacts",
