@@ -1,10 +1,11 @@
 """Three real daemons against the sandbox, several times over (prints one JSON object).
 
 Runs tests/e2e/test_ratelimit_replicas.py (three `run` processes, one Stripe test-mode
-account, 25/s, given 500 records at once; a second venue's 25-record job beside it) ``--runs``
-times and gathers the numbers each run prints from the sandbox's calls log: the most calls in
-any sliding one-second window over the quota, the 429 fraction, utilisation of the quota while
-the busy account had work, and the quiet venue's job time.
+account, 25/s, given 40 push jobs of 12 records at once, 400 calls asked for in the first
+instant; a second venue's 25-record job beside it) ``--runs`` times and gathers the numbers
+each run prints from the sandbox's calls log: the most calls in any sliding one-second window
+over the quota, the 429 fraction, utilisation of the quota while the busy account had work,
+deliveries the limiter deferred (waits over its 10 s bound), and the quiet venue's job time.
 
     python bench/limiter_e2e.py [--runs 3]
 """
@@ -32,7 +33,7 @@ def one_run() -> tuple[dict[str, Any] | None, bool]:
     )
     numbers = None
     for line in done.stdout.splitlines():
-        if line.startswith('{"offered_x_quota"'):
+        if line.startswith("{\"publish_s\""):
             numbers = json.loads(line)
     return numbers, done.returncode == 0
 
@@ -60,6 +61,8 @@ def main() -> None:
         "utilisation": summary([b["utilisation"] for b in busy]),
         "busy_span_s": summary([b["span_s"] for b in busy]),
         "mean_limiter_wait_s": summary([n["mean_limiter_wait_s"] for n in found]),
+        "deliveries_deferred": summary([n["deliveries_deferred_by_limiter"] for n in found]),
+        "busy_attempts_over_jobs": summary([n["busy_attempts"] / 40 for n in found]),
         "quiet_job_s": summary([n["quiet_job_s"] for n in found]),
         "quiet_max_window_over_quota": summary([n["quiet"]["max_window_all"] / QUOTA for n in found]),
     }, indent=2))
