@@ -305,14 +305,30 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def run_daemon(settings: Settings, *, port: int) -> None:
-    """The `run` command: serve until SIGTERM, then finish or hand back in-flight work."""
+STARTUP_WAIT_S = 60.0
+
+
+async def wait_for_services(settings: Settings, *, timeout_s: float = STARTUP_WAIT_S) -> None:
+    """Migrate and declare the topology, retrying with backoff while PostgreSQL or RabbitMQ
+    is still starting (compose starts them beside us); a bad setting fails at once."""
+    import stamina
+
     from consumers.topology import declare_on
     from service.database import migrate_database
 
-    await migrate_database(settings.database_url.get_secret_value())
-    async with amqp_errors(settings):
-        await declare_on(settings.amqp_url.get_secret_value())
+    async for attempt in stamina.retry_context(on=NetworkError, attempts=None, timeout=timeout_s,
+                                               wait_initial=0.5, wait_max=5.0):
+        with attempt:
+            if attempt.num > 1:
+                log.warning("waiting_for_services", attempt=attempt.num)
+            await migrate_database(settings.database_url.get_secret_value())
+            async with amqp_errors(settings):
+                await declare_on(settings.amqp_url.get_secret_value())
+
+
+async def run_daemon(settings: Settings, *, port: int) -> None:
+    """The `run` command: serve until SIGTERM, then finish or hand back in-flight work."""
+    await wait_for_services(settings)
     async with open_app(settings, component="daemon") as app:
         daemon = Daemon(app, port=port)
         install_signal_handlers(daemon.stop)
