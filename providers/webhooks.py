@@ -120,15 +120,16 @@ def verify_stripe(
         raise SignatureRejected("missing Stripe-Signature header")
     if not header.isascii():
         raise SignatureRejected("Stripe signature does not match the body")
-    _stripe_parts(header)  # classify an unparseable header as 400 before stripe sees it
     try:
         payload = body.decode("utf-8")
     except UnicodeDecodeError:
         # Stripe signs UTF-8 JSON; bytes that are not UTF-8 cannot carry its signature.
+        _stripe_parts(header)
         raise SignatureRejected("Stripe signature does not match the body") from None
     try:
         stripe.WebhookSignature.verify_header(payload, header, secret, tolerance_s)
     except stripe.SignatureVerificationError as exc:
+        _stripe_parts(header)  # an unparseable header is a 400, not a 401
         if "tolerance" in str(exc):
             raise SignatureRejected("Stripe signature timestamp is too old") from None
         raise SignatureRejected("Stripe signature does not match the body") from None

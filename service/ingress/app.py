@@ -16,7 +16,8 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -66,6 +67,15 @@ class Ingress:
     directory: WebhookDirectory
     publisher: Publisher
     metrics: Metrics
+    _counters: dict[tuple[str, int], Any] = field(default_factory=dict)
+
+    def count(self, provider: str, status: int) -> None:
+        """webhooks_received{provider, status} += 1, with the labelled child looked up once."""
+        counter = self._counters.get((provider, status))
+        if counter is None:
+            counter = self.metrics.webhooks_received.labels(provider=provider, status=str(status))
+            self._counters[(provider, status)] = counter
+        counter.inc()
 
 
 INGRESS_KEY = web.AppKey("ingress", Ingress)
@@ -132,7 +142,9 @@ async def _accept(request: web.Request, provider: str, venue_id: str | None, ver
         await verify(body)
     except (hooks.SignatureRejected, hooks.SignatureUncheckable) as exc:
         raise Refused(exc.status, str(exc)) from None
-    message = VerifiedWebhook(
+    # model_construct: every field is built right here, so pydantic's validation would only
+    # re-check our own values on the hot path.
+    message = VerifiedWebhook.model_construct(
         provider=provider,
         venue_id=venue_id,
         received_at=utcnow(),
@@ -171,9 +183,7 @@ async def _answer(request: web.Request, provider: str, step: Step) -> web.Respon
         response = error_response(exc.status, str(exc))
         log.info("webhook_refused", provider=provider, status=exc.status, reason=str(exc),
                  venue_id=request.match_info.get("venue_id"))
-    request.app[INGRESS_KEY].metrics.webhooks_received.labels(
-        provider=provider, status=str(response.status)
-    ).inc()
+    request.app[INGRESS_KEY].count(provider, response.status)
     return response
 
 
