@@ -244,3 +244,42 @@ def _patch_aioresponses_for_aiohttp_314() -> None:
 
 
 _patch_aioresponses_for_aiohttp_314()
+
+
+# Nothing may block the event loop (STYLE.md, after aiohttp's own test suite) ----------------
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_in_async_tests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail an async test whose code makes a blocking call on the event loop (blockbuster)."""
+    import inspect
+
+    if not inspect.iscoroutinefunction(getattr(request.node, "obj", None)):
+        yield
+        return
+    from blockbuster import blockbuster_ctx
+
+    # asyncpg looks for ~/.pgpass and ~/.postgresql when it connects (a few stat calls per
+    # new connection, inside the library): that much is accepted.
+    with blockbuster_ctx(scanned_modules=list(PROJECT_PACKAGES)) as detector:
+        for function in detector.functions.values():
+            function.can_block_in("asyncpg/connect_utils.py", "_parse_connect_dsn_and_args")
+        yield
+
+
+PROJECT_PACKAGES = ("service", "consumers", "providers", "sandbox")
+
+
+def _import_project() -> None:
+    """Import every project module now, so a lazy import inside a coroutine is not mistaken
+    for blocking I/O on the loop (imports read files; they happen once per process)."""
+    import importlib
+    import pkgutil
+
+    for package in PROJECT_PACKAGES:
+        module = importlib.import_module(package)
+        for info in pkgutil.walk_packages(module.__path__, prefix=f"{package}."):
+            importlib.import_module(info.name)
+
+
+_import_project()
