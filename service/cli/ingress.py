@@ -23,6 +23,8 @@ from service.config import Settings
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 10.0
+# Providers retry a 503 within minutes; reconnecting every second keeps the outage short.
+RECONNECT_INTERVAL_S = 1.0
 
 
 async def _open_publisher(settings: Settings, stack: AsyncExitStack) -> tuple[Any, Callable[[], Any]]:
@@ -34,15 +36,17 @@ async def _open_publisher(settings: Settings, stack: AsyncExitStack) -> tuple[An
 
     async with amqp_errors(settings):
         connection = await aio_pika.connect_robust(
-            settings.amqp_url.get_secret_value(), timeout=15,
+            settings.amqp_url.get_secret_value(), timeout=15, reconnect_interval=RECONNECT_INTERVAL_S,
             client_properties={"connection_name": "integration-service ingress"},
         )
     stack.push_async_callback(connection.close)
     channel = await connection.channel(publisher_confirms=True)
 
     async def broker() -> None:
-        if connection.is_closed or channel.is_closed:
-            raise ConnectionError("broker connection is closed")
+        # A robust connection is not "closed" while it reconnects: `connected` says whether
+        # a transport is up right now.
+        if connection.is_closed or not connection.connected.is_set() or channel.is_closed:
+            raise ConnectionError("broker connection is down")
 
     return AmqpPublisher(channel), broker
 
