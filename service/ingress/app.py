@@ -28,7 +28,7 @@ from service.errors import NetworkError
 from service.httpcommon import ReadinessCheck, add_health_routes
 from service.ingress.body import BodyTimeout, BodyTooLarge, read_body
 from service.ingress.directory import WebhookDirectory
-from service.messages import VerifiedWebhook, utcnow
+from service.messages import ProviderName, VerifiedWebhook, utcnow
 from service.metrics import Metrics
 from service.ports import Publisher
 
@@ -128,7 +128,9 @@ async def json_errors(
 # The shared pipeline -----------------------------------------------------------------
 
 
-async def _accept(request: web.Request, provider: str, venue_id: str | None, verify: Verify) -> web.Response:
+async def _accept(
+    request: web.Request, provider: ProviderName, venue_id: str | None, verify: Verify
+) -> web.Response:
     """Steps 2-4 for one request; step 1 (404) is each route's own."""
     ingress = request.app[INGRESS_KEY]
     config = ingress.config
