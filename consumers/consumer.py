@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -112,6 +113,7 @@ class QueueConsumer:
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         delivery = to_delivery(message)
+        self._observe_age(message)
         try:
             outcome = await self._handler(delivery)
         except asyncio.CancelledError:
@@ -127,6 +129,29 @@ class QueueConsumer:
             log.warning("inline_publish_failed", error=f"{exc.__class__.__name__}: {exc}")
         await message.ack()
         self._metrics.messages_consumed.labels(queue=self.queue_name, outcome=_metric_outcome(outcome)).inc()
+
+    def _observe_age(self, message: AbstractIncomingMessage) -> None:
+        published = message.timestamp
+        if published is None:
+            return
+        if published.tzinfo is None:
+            published = published.replace(tzinfo=UTC)
+        age = (datetime.now(UTC) - published).total_seconds()
+        self._metrics.message_age.labels(queue=self.queue_name).observe(max(0.0, age))
+
+    async def poll_depth(self, stop: asyncio.Event, *, every_s: float = 15.0) -> None:
+        """Keep integration_queue_depth_messages current (a passive declare is cheap)."""
+        while not stop.is_set():
+            try:
+                queue = await self._channel.declare_queue(self.queue_name, passive=True)
+                ready = queue.declaration_result.message_count
+                self._metrics.queue_depth.labels(queue=self.queue_name).set(ready)
+            except Exception as exc:
+                log.warning("queue_depth_failed", queue=self.queue_name, error=exc.__class__.__name__)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=every_s)
+            except TimeoutError:
+                pass
 
     async def _infra_failure(self, message: AbstractIncomingMessage, exc: Exception) -> None:
         pause = INFRA_BACKOFF_S[min(self._infra_failures, len(INFRA_BACKOFF_S) - 1)]

@@ -48,6 +48,10 @@ from service.errors import (
 )
 from service.messages import VerifiedWebhook
 
+# No client telemetry: the SDK would read and write ~/.config/stripe on the event loop and
+# report our request timings to Stripe; neither belongs in a server.
+stripe_sdk.enable_telemetry = False
+
 PAGE_LIMIT = 100
 EVENT_RETENTION = timedelta(days=30)
 CURSOR_MARGIN = timedelta(hours=1)  # a cursor this close to 30 days old may lose events: go full

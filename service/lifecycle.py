@@ -223,8 +223,9 @@ class Daemon:
         from service.httpcommon import add_health_routes
 
         async def broker() -> None:
-            if self.app.connection.is_closed:
-                raise RuntimeError("broker connection closed")
+            # A robust connection is never "closed" while it reconnects: ask if it is up now.
+            if self.app.connection.is_closed or not self.app.connection.connected.is_set():
+                raise RuntimeError("broker connection down")
 
         async def consumers() -> None:
             if not self.consumers or not all(c.attached for c in self.consumers):
@@ -266,6 +267,8 @@ class Daemon:
                 tasks.create_task(schedule_loop(self.app.pool, MessageRoutes(), self.app.relay, self.stop),
                                   name="schedules")
                 await self._start_consumers()
+                for consumer in self.consumers:
+                    tasks.create_task(consumer.poll_depth(self.stop), name=f"depth-{consumer.queue_name}")
                 log.info("daemon_ready", port=self.port)
                 if on_ready:
                     on_ready()

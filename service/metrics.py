@@ -26,6 +26,16 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 
 
+def _package_version() -> str:
+    try:
+        return metadata.version("integration-service")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+VERSION = _package_version()  # read once at import: it is file I/O, not for the event loop
+
+
 def status_class(status: int | None) -> str:
     """'2xx'..'5xx' for an HTTP status, 'error' when no response came."""
     if status is None or not 100 <= status <= 599:
@@ -144,6 +154,15 @@ class Metrics:
             "Outbox rows not yet published.",
             registry=r,
         )
+        self.queue_depth = Gauge(
+            "integration_queue_depth_messages", "Messages ready in each work queue (polled).",
+            ("queue",), registry=r,
+        )
+        self.message_age = Histogram(
+            "integration_message_age_seconds",
+            "Time from publish to consume (the message's AMQP timestamp), by queue.",
+            ("queue",), buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600), registry=r,
+        )
         self.consumers_attached = Gauge(
             "integration_consumers_attached",
             "Consumers attached, by queue.",
@@ -155,6 +174,8 @@ class Metrics:
     def _zero_initialise(self) -> None:
         for queue in QUEUES:
             self.consumers_attached.labels(queue=queue)
+            self.queue_depth.labels(queue=queue)
+            self.message_age.labels(queue=queue)
             for outcome in CONSUME_OUTCOMES:
                 self.messages_consumed.labels(queue=queue, outcome=outcome)
         for provider in PROVIDERS:
@@ -170,11 +191,7 @@ class Metrics:
                 self.provider_health.labels(provider=provider, state=state)
 
     def set_build_info(self, component: str) -> None:
-        try:
-            version = metadata.version("integration-service")
-        except metadata.PackageNotFoundError:
-            version = "unknown"
-        self.build_info.labels(version=version, component=component).set(1)
+        self.build_info.labels(version=VERSION, component=component).set(1)
 
     def set_health(self, provider: str, state: str) -> None:
         for known in HEALTH_STATES:

@@ -264,6 +264,8 @@ def no_blocking_in_async_tests(request: pytest.FixtureRequest) -> Iterator[None]
     with blockbuster_ctx(scanned_modules=list(PROJECT_PACKAGES)) as detector:
         for function in detector.functions.values():
             function.can_block_in("asyncpg/connect_utils.py", "_parse_connect_dsn_and_args")
+            # Tests build Settings inside coroutines; the service builds them once at start.
+            function.can_block_in("pydantic_settings/sources/providers/dotenv.py", "_read_env_files")
         yield
 
 

@@ -6,6 +6,7 @@ Every pool call has a command timeout; acquiring waits at most ``ACQUIRE_TIMEOUT
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -122,7 +123,7 @@ async def apply_schema(dsn: str) -> None:
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
         try:
-            await conn.execute(schema_sql())
+            await conn.execute(await asyncio.to_thread(schema_sql))
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
     except IntegrationError:
