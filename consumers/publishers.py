@@ -200,27 +200,45 @@ class OutboxRelay:
         self._batch = batch
         self._metrics = metrics
         self._gauge_at = 0.0
+        self._sent: list[int] = []  # published inline, to be marked in the next batch
         self.wakeup = asyncio.Event()
 
     async def publish_ids(self, ids: tuple[int, ...] | list[int]) -> None:
-        """Publish these rows now if still unpublished (another relay may have done it)."""
+        """Publish these just-committed rows now (one read, no lock); their published marks
+        are written in bulk by the relay loop. A crash before the mark republishes them:
+        at-least-once, as everywhere."""
         if not ids:
             return
-        async with self._pool.acquire() as conn, conn.transaction():
-            await relaxed_commit(conn)  # a lost mark only republishes: at-least-once
-            await self._publish_all(conn, await outbox_db.claim_ids(conn, list(ids)))
+        stored = await outbox_db.fetch_due_ids(self._pool, list(ids))
+        self._sent += await self._publish(stored)
 
-    async def _publish_all(self, conn: asyncpg.Connection, stored: list[outbox_db.StoredMessage]) -> None:
+    async def _publish(self, stored: list[outbox_db.StoredMessage]) -> list[int]:
+        """Publish with confirms; return the ids that were confirmed."""
         if not stored:
-            return
+            return []
         results = await asyncio.gather(
             *(self._publisher.publish(item.message) for item in stored), return_exceptions=True
         )
-        done = [item.id for item, result in zip(stored, results, strict=True) if result is None]
-        await outbox_db.mark_published(conn, done)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             log.warning("outbox_publish_failed", failed=len(failures), error=str(failures[0]))
+        return [item.id for item, result in zip(stored, results, strict=True) if result is None]
+
+    async def _publish_all(self, conn: asyncpg.Connection, stored: list[outbox_db.StoredMessage]) -> None:
+        await outbox_db.mark_published(conn, await self._publish(stored))
+
+    async def flush_marks(self) -> None:
+        """Write the published marks of inline publishes in one statement."""
+        sent, self._sent = self._sent, []
+        if not sent:
+            return
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await relaxed_commit(conn)  # a lost mark only republishes
+                await outbox_db.mark_published(conn, sent)
+        except Exception:
+            self._sent = sent + self._sent  # try again next tick
+            raise
 
     async def _observe_backlog(self, every_s: float = 5.0) -> None:
         """Set integration_outbox_pending_messages now and then (a count is not free)."""
@@ -234,7 +252,8 @@ class OutboxRelay:
             log.warning("outbox_count_failed", error=exc.__class__.__name__)
 
     async def relay_once(self) -> int:
-        """Publish one batch of due rows; return how many were claimed."""
+        """Mark inline publishes, then publish one batch of due rows; return how many."""
+        await self.flush_marks()
         async with self._pool.acquire() as conn, conn.transaction():
             await relaxed_commit(conn)
             stored = await outbox_db.claim_due(conn, limit=self._batch)

@@ -13,6 +13,7 @@ acknowledges, and the consumer publishes the outbox rows named in the Outcome.
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from service.ports import Delivery, Outcome, Routes
 log = structlog.get_logger(__name__)
 
 AuthFactory = Callable[[str, str], Awaitable[VenueAuth]]
+KNOWN_VENUE_TTL_S = 5.0
 
 
 class RetryLater(Exception):
@@ -99,6 +101,7 @@ class Engine:
 
     def __init__(self, deps: EngineDeps) -> None:
         self._d = deps
+        self._known: dict[tuple[str, str], float] = {}
 
     async def handle_sync(self, delivery: Delivery) -> Outcome:
         """Process one sync request delivery; never raises for bad input."""
@@ -153,9 +156,21 @@ class Engine:
                 f"routing key {delivery.routing_key!r} does not match the body's provider and entity ({expected})"
             )
         check_supported(request.provider, request.entity, request.direction)
-        if not await credentials_db.venue_known(self._d.pool, request.venue_id, request.provider):
+        if not await self._venue_known(request.venue_id, request.provider):
             raise UnknownEntityError(f"unknown venue {request.venue_id!r} for {request.provider}")
         return request
+
+    async def _venue_known(self, venue_id: str, provider: str) -> bool:
+        """Known venues are remembered for a few seconds; unknown ones are asked each time."""
+        now = time.monotonic()
+        if self._known.get((venue_id, provider), 0.0) > now:
+            return True
+        known = await credentials_db.venue_known(self._d.pool, venue_id, provider)
+        if known:
+            if len(self._known) > 10_000:
+                self._known.clear()
+            self._known[(venue_id, provider)] = now + KNOWN_VENUE_TTL_S
+        return known
 
     async def _run(self, request: SyncRequest, delivery: Delivery) -> Outcome:
         from service.sync import JobRunner

@@ -69,23 +69,30 @@ def _stored(row: asyncpg.Record) -> StoredMessage:
     )
 
 
+INLINE_GRACE_S = 5.0  # a fresh row belongs to the consumer that is publishing it inline
+
+
 async def claim_due(conn: asyncpg.Connection, *, limit: int) -> list[StoredMessage]:
-    """Lock due, unpublished rows (SKIP LOCKED: several relays share the work)."""
+    """Lock due, unpublished rows (SKIP LOCKED: several relays share the work). A row made
+    for immediate publishing is left to its consumer for INLINE_GRACE_S first; a scheduled
+    retry is taken as soon as it is due."""
     rows = await conn.fetch(
         """SELECT id, exchange, routing_key, message_id, correlation_id, headers, reply_to, body
            FROM outbox WHERE published_at IS NULL AND available_at <= now()
+             AND (available_at > created_at OR created_at < now() - make_interval(secs => $2))
            ORDER BY available_at, id LIMIT $1 FOR UPDATE SKIP LOCKED""",
-        limit,
+        limit, INLINE_GRACE_S,
     )
     return [_stored(r) for r in rows]
 
 
-async def claim_ids(conn: asyncpg.Connection, ids: list[int]) -> list[StoredMessage]:
-    """Lock these rows if still unpublished and due (another relay may hold or have sent them)."""
+async def fetch_due_ids(conn: Conn, ids: list[int]) -> list[StoredMessage]:
+    """These rows if still unpublished and due, without a lock: the relay loop leaves fresh
+    rows to the consumer that made them (claim_due's grace)."""
     rows = await conn.fetch(
         """SELECT id, exchange, routing_key, message_id, correlation_id, headers, reply_to, body
            FROM outbox WHERE id = ANY($1::bigint[]) AND published_at IS NULL
-             AND available_at <= now() ORDER BY id FOR UPDATE SKIP LOCKED""",
+             AND available_at <= now() ORDER BY id""",
         ids,
     )
     return [_stored(r) for r in rows]
