@@ -28,7 +28,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import aio_pika
 import aiohttp
@@ -80,35 +79,64 @@ class Bench:
         self.database_url = f"postgresql://postgres@127.0.0.1:5432/{self.database}"
         self.sandbox_port = free_port()
         self.sandbox_url = f"http://127.0.0.1:{self.sandbox_port}"
-        self.env = {**os.environ, "AMQP_URL": self.amqp_url, "DATABASE_URL": self.database_url,
-                    "LOCAL_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(), "LOG_LEVEL": "WARNING",
-                    "LOG_FORMAT": "json", "STRIPE_API_BASE": f"{self.sandbox_url}/stripe",
-                    "HEALTH_CHECK_INTERVAL_SECONDS": "3600", "RATE_LIMIT_STRIPE_PER_SECOND": "100"}
+        self.env = {
+            **os.environ,
+            "AMQP_URL": self.amqp_url,
+            "DATABASE_URL": self.database_url,
+            "LOCAL_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+            "LOG_LEVEL": "WARNING",
+            "LOG_FORMAT": "json",
+            "STRIPE_API_BASE": f"{self.sandbox_url}/stripe",
+            "HEALTH_CHECK_INTERVAL_SECONDS": "3600",
+            "RATE_LIMIT_STRIPE_PER_SECOND": "100",
+        }
         self.keys: dict[str, str] = {}
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([CLI, *args], env=env or self.env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [CLI, *args], env=env or self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         self.procs.append(proc)
         return proc
 
     async def setup(self) -> None:
         rabbitmqctl("add_vhost", self.vhost)
         rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
-        subprocess.run([CLI, "migrate"], env=self.env, check=True, capture_output=True, timeout=120)
+        await asyncio.to_thread(
+            subprocess.run, [CLI, "migrate"], env=self.env, check=True, capture_output=True, timeout=120
+        )
         self.spawn("sandbox", "--port", str(self.sandbox_port))
         await wait_http(f"{self.sandbox_url}/_sandbox/accounts")
         async with aiohttp.ClientSession() as session:
             for i in range(self.args.venues):
                 venue, key = f"bench-venue-{i}", f"sk_live_{uuid.uuid4().hex}"
                 self.keys[venue] = key
-                await session.post(f"{self.sandbox_url}/_sandbox/accounts",
-                                   json={"provider": "stripe", "account": venue, "api_key": key})
+                await session.post(
+                    f"{self.sandbox_url}/_sandbox/accounts",
+                    json={"provider": "stripe", "account": venue, "api_key": key},
+                )
         for venue, key in self.keys.items():
-            subprocess.run([CLI, "credentials", "set", "--venue", venue, "--provider", "stripe", "--kind",
-                            "api_key", "--secret-stdin"], input=key.encode(), env=self.env, check=True,
-                           capture_output=True, timeout=60)
+            await asyncio.to_thread(
+                subprocess.run,
+                [
+                    CLI,
+                    "credentials",
+                    "set",
+                    "--venue",
+                    venue,
+                    "--provider",
+                    "stripe",
+                    "--kind",
+                    "api_key",
+                    "--secret-stdin",
+                ],
+                input=key.encode(),
+                env=self.env,
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
 
     async def publish(self, count: int, *, exchange: str = "integration.commands") -> None:
         connection = await aio_pika.connect(self.amqp_url)
@@ -119,20 +147,32 @@ class Bench:
             for start in range(0, count, 500):
                 batch = []
                 for i in range(start, min(count, start + 500)):
-                    body = {"schema": "integration.sync_request.v1", "job_id": str(uuid.uuid4()),
-                            "venue_id": venues[i % len(venues)], "provider": "stripe", "entity": "customers",
-                            "direction": "pull", "mode": "full"}
-                    message = aio_pika.Message(json.dumps(body).encode(), content_type="application/json",
-                                               delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                               message_id=str(uuid.uuid4()))
+                    body = {
+                        "schema": "integration.sync_request.v1",
+                        "job_id": str(uuid.uuid4()),
+                        "venue_id": venues[i % len(venues)],
+                        "provider": "stripe",
+                        "entity": "customers",
+                        "direction": "pull",
+                        "mode": "full",
+                    }
+                    message = aio_pika.Message(
+                        json.dumps(body).encode(),
+                        content_type="application/json",
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        message_id=str(uuid.uuid4()),
+                    )
                     batch.append(target.publish(message, routing_key="sync.stripe.customers"))
                 await asyncio.gather(*batch)
 
     async def finished_jobs(self) -> int:
         conn = await asyncpg.connect(self.database_url)
         try:
-            return int(await conn.fetchval(
-                "SELECT count(*) FROM sync_jobs WHERE status IN ('succeeded', 'partial', 'failed')"))
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM sync_jobs WHERE status IN ('succeeded', 'partial', 'failed')"
+                )
+            )
         finally:
             await conn.close()
 
@@ -161,8 +201,9 @@ class Bench:
         async with connection, aiohttp.ClientSession() as session:
             channel = await connection.channel(publisher_confirms=True)
             await channel.set_qos(prefetch_count=PREFETCH)
-            queue = await channel.declare_queue("bench.reference", durable=True,
-                                                arguments={"x-queue-type": "quorum"})
+            queue = await channel.declare_queue(
+                "bench.reference", durable=True, arguments={"x-queue-type": "quorum"}
+            )
             await queue.bind("integration.commands", "sync.#")
             await self.publish(n)
             await (await channel.get_queue("integration.sync-requests", ensure=False)).purge()
@@ -173,11 +214,16 @@ class Bench:
                 nonlocal count
                 body = json.loads(message.body)
                 key = self.keys[body["venue_id"]]
-                async with session.get(f"{self.sandbox_url}/stripe/v1/customers?limit=100",
-                                       headers={"Authorization": f"Bearer {key}"}) as reply:
+                async with session.get(
+                    f"{self.sandbox_url}/stripe/v1/customers?limit=100",
+                    headers={"Authorization": f"Bearer {key}"},
+                ) as reply:
                     await reply.read()
-                await pool.execute("INSERT INTO bench_reference VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                                   body["job_id"], message.body.decode())
+                await pool.execute(
+                    "INSERT INTO bench_reference VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    body["job_id"],
+                    message.body.decode(),
+                )
                 await message.ack()
                 count += 1
                 if count >= n:
@@ -209,8 +255,11 @@ class Bench:
             await asyncio.sleep(0.25)
         daemon.terminate()
         daemon.wait(timeout=60)
-        return {"rss_mb_small_backlog": round(at_small, 1), "rss_mb_peak_full_backlog": round(peak, 1),
-                "backlog_messages": backlog}
+        return {
+            "rss_mb_small_backlog": round(at_small, 1),
+            "rss_mb_peak_full_backlog": round(peak, 1),
+            "backlog_messages": backlog,
+        }
 
     async def teardown(self) -> None:
         for proc in self.procs:
@@ -243,11 +292,20 @@ async def main() -> None:
         memory = await bench.rss_under_backlog()
     finally:
         await bench.teardown()
-    print(json.dumps({
-        "messages": args.messages, "prefetch": PREFETCH,
-        "daemon_msgs_per_s": round(daemon, 1), "reference_msgs_per_s": round(reference, 1),
-        "ratio": round(daemon / reference, 3), "target_ratio": 0.8, **memory, "target_rss_mb": 200,
-    }))
+    print(
+        json.dumps(
+            {
+                "messages": args.messages,
+                "prefetch": PREFETCH,
+                "daemon_msgs_per_s": round(daemon, 1),
+                "reference_msgs_per_s": round(reference, 1),
+                "ratio": round(daemon / reference, 3),
+                "target_ratio": 0.8,
+                **memory,
+                "target_rss_mb": 200,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

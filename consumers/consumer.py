@@ -145,7 +145,7 @@ class QueueConsumer:
             try:
                 queue = await self._channel.declare_queue(self.queue_name, passive=True)
                 ready = queue.declaration_result.message_count
-                self._metrics.queue_depth.labels(queue=self.queue_name).set(ready)
+                self._metrics.queue_depth.labels(queue=self.queue_name).set(ready or 0)
             except Exception as exc:
                 log.warning("queue_depth_failed", queue=self.queue_name, error=exc.__class__.__name__)
             try:

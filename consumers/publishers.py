@@ -193,8 +193,9 @@ class OutboxRelay:
     """Publishes committed outbox rows: inline right after a commit, and in a polling loop
     that catches what a crash or a broker outage left behind (and due scheduled retries)."""
 
-    def __init__(self, pool: asyncpg.Pool, publisher: AmqpPublisher, *, batch: int = 200,
-                 metrics: Any = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, publisher: AmqpPublisher, *, batch: int = 200, metrics: Any = None
+    ) -> None:
         self._pool = pool
         self._publisher = publisher
         self._batch = batch

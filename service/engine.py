@@ -215,7 +215,8 @@ class Engine:
             # is not a failure at all.
             await conn.execute(
                 "UPDATE sync_jobs SET attempts = $2 WHERE job_id = $1",
-                request.job_id, attempts - 1 if local_wait else attempts,
+                request.job_id,
+                attempts - 1 if local_wait else attempts,
             )
             await jobs_db.set_pending_retry(conn, request.job_id, str(error))
             ids = await outbox_db.enqueue(conn, [message])
@@ -279,8 +280,15 @@ class Engine:
 
         direction = "push" if raw.get("direction") == "push" else "pull"  # the contract's default
         mode = "full" if raw.get("mode") == "full" else "incremental"
-        await jobs_db.ensure_job_row(conn, job_id=job_id, venue_id=text("venue_id"), provider=text("provider"),
-                                     entity=text("entity"), direction=direction, mode=mode)
+        await jobs_db.ensure_job_row(
+            conn,
+            job_id=job_id,
+            venue_id=text("venue_id"),
+            provider=text("provider"),
+            entity=text("entity"),
+            direction=direction,
+            mode=mode,
+        )
         row = await jobs_db.get_job(conn, job_id, for_update=True)
         assert row is not None
         counts = JobCounts.model_validate(row["counts"]) if row["status"] != "failed" else JobCounts()

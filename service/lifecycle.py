@@ -288,8 +288,9 @@ class Daemon:
                 tasks.create_task(self.app.relay.run(self.stop), name="outbox-relay")
                 tasks.create_task(self.monitor.run(self.stop), name="health-monitor")
                 tasks.create_task(self._housekeeping(), name="housekeeping")
-                tasks.create_task(schedule_loop(self.app.pool, MessageRoutes(), self.app.relay, self.stop),
-                                  name="schedules")
+                tasks.create_task(
+                    schedule_loop(self.app.pool, MessageRoutes(), self.app.relay, self.stop), name="schedules"
+                )
                 await self._start_consumers()
                 for consumer in self.consumers:
                     tasks.create_task(consumer.poll_depth(self.stop), name=f"depth-{consumer.queue_name}")
@@ -343,8 +344,9 @@ async def wait_for_services(settings: Settings, *, timeout_s: float = STARTUP_WA
     from consumers.topology import declare_on
     from service.database import migrate_database
 
-    async for attempt in stamina.retry_context(on=NetworkError, attempts=None, timeout=timeout_s,
-                                               wait_initial=0.5, wait_max=5.0):
+    async for attempt in stamina.retry_context(
+        on=NetworkError, attempts=None, timeout=timeout_s, wait_initial=0.5, wait_max=5.0
+    ):
         with attempt:
             if attempt.num > 1:
                 log.warning("waiting_for_services", attempt=attempt.num)

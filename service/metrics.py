@@ -11,8 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import gc_collector, platform_collector, process_collector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    gc_collector,
+    generate_latest,
+    platform_collector,
+    process_collector,
+)
 
 from service.config import PROVIDERS
 
@@ -155,13 +163,17 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "integration_queue_depth_messages", "Messages ready in each work queue (polled).",
-            ("queue",), registry=r,
+            "integration_queue_depth_messages",
+            "Messages ready in each work queue (polled).",
+            ("queue",),
+            registry=r,
         )
         self.message_age = Histogram(
             "integration_message_age_seconds",
             "Time from publish to consume (the message's AMQP timestamp), by queue.",
-            ("queue",), buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600), registry=r,
+            ("queue",),
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
+            registry=r,
         )
         self.consumers_attached = Gauge(
             "integration_consumers_attached",

@@ -43,8 +43,9 @@ def scheduled_job_id(venue_id: str, provider: str, entity: str, due: datetime) -
     return str(uuid.uuid5(NAMESPACE, f"schedule:{venue_id}:{provider}:{entity}:{rfc3339(due)}"))
 
 
-async def upsert(pool: Any, *, venue_id: str, provider: str, entity: str, every_s: int,
-                 options: dict[str, Any]) -> asyncpg.Record:
+async def upsert(
+    pool: Any, *, venue_id: str, provider: str, entity: str, every_s: int, options: dict[str, Any]
+) -> asyncpg.Record:
     return await pool.fetchrow(
         """INSERT INTO schedules (venue_id, provider, entity, every_seconds, options, next_run_at)
            VALUES ($1, $2, $3, $4, $5, now())
@@ -52,7 +53,11 @@ async def upsert(pool: Any, *, venue_id: str, provider: str, entity: str, every_
                options = EXCLUDED.options,
                next_run_at = LEAST(schedules.next_run_at, now() + make_interval(secs => EXCLUDED.every_seconds))
            RETURNING *""",
-        venue_id, provider, entity, every_s, options,
+        venue_id,
+        provider,
+        entity,
+        every_s,
+        options,
     )
 
 
@@ -62,7 +67,10 @@ async def list_all(pool: Any) -> list[asyncpg.Record]:
 
 async def delete(pool: Any, *, venue_id: str, provider: str, entity: str) -> int:
     result: str = await pool.execute(
-        "DELETE FROM schedules WHERE venue_id = $1 AND provider = $2 AND entity = $3", venue_id, provider, entity
+        "DELETE FROM schedules WHERE venue_id = $1 AND provider = $2 AND entity = $3",
+        venue_id,
+        provider,
+        entity,
     )
     return int(result.split()[-1])
 
@@ -74,21 +82,32 @@ async def publish_due(pool: Any, routes: Any, *, limit: int = 100) -> list[int]:
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
             """SELECT * FROM schedules WHERE next_run_at <= now() ORDER BY next_run_at
-               LIMIT $1 FOR UPDATE SKIP LOCKED""", limit,
+               LIMIT $1 FOR UPDATE SKIP LOCKED""",
+            limit,
         )
         messages = []
         for row in rows:
             due = row["next_run_at"]
             job_id = scheduled_job_id(row["venue_id"], row["provider"], row["entity"], due)
-            request = SyncRequest(job_id=job_id, venue_id=row["venue_id"], provider=row["provider"],
-                                  entity=row["entity"], direction="pull", mode="incremental",
-                                  options=row["options"])
+            request = SyncRequest(
+                job_id=job_id,
+                venue_id=row["venue_id"],
+                provider=row["provider"],
+                entity=row["entity"],
+                direction="pull",
+                mode="incremental",
+                options=row["options"],
+            )
             messages.append(routes.sync_request(request, message_id=f"schedule-{job_id}"))
             next_due = _next_due(due, row["every_seconds"], utcnow())
             await conn.execute(
                 """UPDATE schedules SET next_run_at = $4, last_run_at = now(), last_job_id = $5
                    WHERE venue_id = $1 AND provider = $2 AND entity = $3""",
-                row["venue_id"], row["provider"], row["entity"], next_due, job_id,
+                row["venue_id"],
+                row["provider"],
+                row["entity"],
+                next_due,
+                job_id,
             )
         return await outbox_db.enqueue(conn, messages)
 

@@ -17,8 +17,8 @@ import structlog
 
 from providers.base import Page, ProviderRecord, PushItem, PushResult, VenueAuth
 from service.database import jobs as jobs_db
-from service.database import relaxed_commit
 from service.database import outbox as outbox_db
+from service.database import relaxed_commit
 from service.errors import IntegrationError, ValidationError
 from service.messages import (
     JobCounts,
@@ -173,7 +173,9 @@ class JobRunner:
                 invalid.append((record_id, exc))
                 continue
             key = idempotency_key(r.job_id, record_id, operation)
-            pending.append((PushItem(record_id, payload, key, external_id, first_attempt_at=self._started_at), record))
+            pending.append(
+                (PushItem(record_id, payload, key, external_id, first_attempt_at=self._started_at), record)
+            )
         await self._store_invalid(invalid, tally)
         size = max(1, client.batch_size(r.entity))
         for batch in _chunks(pending, size):
@@ -194,7 +196,10 @@ class JobRunner:
             await jobs_db.set_progress(conn, self._r.job_id, None, tally.counts)
 
     async def _store_push_results(
-        self, batch: list[tuple[PushItem, dict[str, Any]]], results: list[PushResult], tally: Tally,
+        self,
+        batch: list[tuple[PushItem, dict[str, Any]]],
+        results: list[PushResult],
+        tally: Tally,
         mapping: Any,
     ) -> None:
         from service.engine import RetryLater
@@ -245,7 +250,9 @@ class JobRunner:
             raise RetryLater(transient)
 
     @staticmethod
-    def _platform_view(mapping: Any, provider_data: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, Any]:
+    def _platform_view(
+        mapping: Any, provider_data: dict[str, Any] | None, record: dict[str, Any]
+    ) -> dict[str, Any]:
         """The written record as a pull would see it, so the next pull finds it unchanged."""
         from service.mapping import to_platform
 

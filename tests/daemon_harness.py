@@ -58,11 +58,11 @@ class FakeProvider:
 
     name: str = "stripe"
     size: int = 10
-    objects: dict[str, dict[str, Any]] = field(default_factory=dict)   # external id → provider object
-    keys: dict[str, str] = field(default_factory=dict)                 # idempotency key → external id
-    calls: list[tuple[str, str]] = field(default_factory=list)         # (operation, idempotency key)
-    transient_failures: int = 0                                         # next N calls raise NetworkError
-    failing_records: set[str] = field(default_factory=set)             # record ids that fail (validation)
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # external id → provider object
+    keys: dict[str, str] = field(default_factory=dict)  # idempotency key → external id
+    calls: list[tuple[str, str]] = field(default_factory=list)  # (operation, idempotency key)
+    transient_failures: int = 0  # next N calls raise NetworkError
+    failing_records: set[str] = field(default_factory=set)  # record ids that fail (validation)
     page_size: int = 2
 
     def batch_size(self, entity: str) -> int:
@@ -73,36 +73,67 @@ class FakeProvider:
             self.transient_failures -= 1
             raise NetworkError("connection reset by fake provider")
 
-    async def push_batch(self, auth: Any, entity: str, items: list[PushItem], *, options: dict[str, Any]) -> list[PushResult]:
+    async def push_batch(
+        self, auth: Any, entity: str, items: list[PushItem], *, options: dict[str, Any]
+    ) -> list[PushResult]:
         self._maybe_fail()
         results = []
         for item in items:
             self.calls.append(("push", item.idempotency_key))
             if item.record_id in self.failing_records:
-                results.append(PushResult(item.record_id, "failed", error=ValidationError("email is invalid")))
+                results.append(
+                    PushResult(item.record_id, "failed", error=ValidationError("email is invalid"))
+                )
                 continue
-            external_id = self.keys.get(item.idempotency_key) or item.external_id or f"cus_{len(self.objects) + 1}"
+            external_id = (
+                self.keys.get(item.idempotency_key) or item.external_id or f"cus_{len(self.objects) + 1}"
+            )
             created = external_id not in self.objects
             self.keys[item.idempotency_key] = external_id
             self.objects[external_id] = {"id": external_id, **item.payload, "updated": _now_s()}
-            results.append(PushResult(item.record_id, "created" if created else "updated", external_id,
-                                      data=self.objects[external_id]))
+            results.append(
+                PushResult(
+                    item.record_id,
+                    "created" if created else "updated",
+                    external_id,
+                    data=self.objects[external_id],
+                )
+            )
         return results
 
-    async def pull_page(self, auth: Any, entity: str, *, cursor: dict[str, Any] | None,
-                        resume: dict[str, Any] | None, options: dict[str, Any]) -> Page:
+    async def pull_page(
+        self,
+        auth: Any,
+        entity: str,
+        *,
+        cursor: dict[str, Any] | None,
+        resume: dict[str, Any] | None,
+        options: dict[str, Any],
+    ) -> Page:
         self._maybe_fail()
         since = (resume or {}).get("since", 0)
-        ordered = sorted((o for o in self.objects.values() if o["updated"] > since), key=lambda o: (o["updated"], o["id"]))
+        ordered = sorted(
+            (o for o in self.objects.values() if o["updated"] > since), key=lambda o: (o["updated"], o["id"])
+        )
         start = (cursor or {}).get("offset", 0)
-        chunk = ordered[start:start + self.page_size]
+        chunk = ordered[start : start + self.page_size]
         self.calls.append(("pull", str(start)))
-        records = [ProviderRecord(o["id"], dict(o), version=str(o["updated"]),
-                                  updated_at=datetime.fromtimestamp(o["updated"], UTC)) for o in chunk]
+        records = [
+            ProviderRecord(
+                o["id"],
+                dict(o),
+                version=str(o["updated"]),
+                updated_at=datetime.fromtimestamp(o["updated"], UTC),
+            )
+            for o in chunk
+        ]
         more = start + self.page_size < len(ordered)
         last = chunk[-1]["updated"] if chunk else since
-        return Page(records, {"offset": start + self.page_size} if more else None,
-                    resume_cursor={"since": last} if not more else None)
+        return Page(
+            records,
+            {"offset": start + self.page_size} if more else None,
+            resume_cursor={"since": last} if not more else None,
+        )
 
     async def fetch_record(self, auth: Any, entity: str, external_id: str) -> ProviderRecord | None:
         self._maybe_fail()
@@ -117,8 +148,12 @@ class FakeProvider:
             obj = event["data"]["object"]
         except (ValueError, KeyError, TypeError):
             raise DataError("webhook body is not a Stripe event") from None
-        record = ProviderRecord(obj["id"], obj, version=str(event.get("created")),
-                                updated_at=datetime.fromtimestamp(event.get("created", 0), UTC))
+        record = ProviderRecord(
+            obj["id"],
+            obj,
+            version=str(event.get("created")),
+            updated_at=datetime.fromtimestamp(event.get("created", 0), UTC),
+        )
         change = WebhookChange("customers", obj["id"], "upserted", event["id"], record=record)
         return ParsedWebhook(event["id"], [change])
 
@@ -149,11 +184,25 @@ class Harness:
     async def credential(self, venue_id: str, provider: str = "stripe") -> None:
         await self.vault.set(venue_id, provider, "api_key", f"sk_test_{uuid.uuid4().hex}")
 
-    async def publish(self, body: bytes | dict[str, Any], routing_key: str, *, reply_to: str | None = None,
-                      exchange: str = "integration.commands", message_id: str | None = None) -> None:
+    async def publish(
+        self,
+        body: bytes | dict[str, Any],
+        routing_key: str,
+        *,
+        reply_to: str | None = None,
+        exchange: str = "integration.commands",
+        message_id: str | None = None,
+    ) -> None:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        await self.publisher.publish(OutboxMessage(exchange=exchange, routing_key=routing_key, body=raw,
-                                                   message_id=message_id or str(uuid.uuid4()), reply_to=reply_to))
+        await self.publisher.publish(
+            OutboxMessage(
+                exchange=exchange,
+                routing_key=routing_key,
+                body=raw,
+                message_id=message_id or str(uuid.uuid4()),
+                reply_to=reply_to,
+            )
+        )
 
     async def request(self, request: SyncRequest, **kwargs: Any) -> None:
         await self.publish(request.to_json_bytes(), f"sync.{request.provider}.{request.entity}", **kwargs)
@@ -175,7 +224,9 @@ class Harness:
 
 
 @asynccontextmanager
-async def running_daemon(settings: Settings, *, name: str, provider: FakeProvider | None = None) -> AsyncIterator[Harness]:
+async def running_daemon(
+    settings: Settings, *, name: str, provider: FakeProvider | None = None
+) -> AsyncIterator[Harness]:
     """Start consumers, relay and a probe queue on this run's vhost; stop them on exit."""
     provider = provider or FakeProvider()
     metrics = Metrics()
@@ -183,16 +234,23 @@ async def running_daemon(settings: Settings, *, name: str, provider: FakeProvide
         pool = await create_pool(settings.database_url.get_secret_value(), min_size=1, max_size=10)
         stack.push_async_callback(pool.close)
         vault = Vault(pool, key_provider_from_settings(settings))
-        connection = await aio_pika.connect_robust(settings.amqp_url.get_secret_value(),
-                                                   client_properties={"connection_name": name})
+        connection = await aio_pika.connect_robust(
+            settings.amqp_url.get_secret_value(), client_properties={"connection_name": name}
+        )
         stack.push_async_callback(connection.close)
         channel = await connection.channel(publisher_confirms=True)
         await declare_topology(channel)
         await _purge(channel)
         publisher = AmqpPublisher(channel)
         relay = OutboxRelay(pool, publisher)
-        deps = EngineDeps(settings=settings, pool=pool, clients={"stripe": provider},  # type: ignore[dict-item]
-                          auth_for=_auth, routes=MessageRoutes(), metrics=metrics)
+        deps = EngineDeps(
+            settings=settings,
+            pool=pool,
+            clients={"stripe": provider},  # type: ignore[dict-item]
+            auth_for=_auth,
+            routes=MessageRoutes(),
+            metrics=metrics,
+        )
         engine = Engine(deps)
         webhooks = WebhookProcessor(deps, engine)
         probe: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()

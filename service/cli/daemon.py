@@ -19,7 +19,9 @@ JOB_STATUSES = ("pending", "running", "succeeded", "partial", "failed")
 
 
 @click.command()
-@click.option("--port", type=click.IntRange(1, 65535), help="HTTP port for health and metrics [DAEMON_PORT, 8081].")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), help="HTTP port for health and metrics [DAEMON_PORT, 8081]."
+)
 def run(port: int | None) -> None:
     """Run the daemon: consume sync requests and webhooks, relay events, check provider health.
 
@@ -68,10 +70,25 @@ def _read_records(source: str | None) -> list[dict[str, Any]] | None:
 @click.option("--option", "option_pairs", multiple=True, help="KEY=VALUE, e.g. list_id=abc (repeatable).")
 @click.option("--job-id", help="Idempotency key of the job [a new UUID].")
 @click.option("--wait", is_flag=True, help="Wait for the job result; print it as one JSON line.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
-              help="Seconds to wait with --wait.")
-def sync(venue: str, provider: str, entity: str, direction: str, mode: str, records_source: str | None,
-         option_pairs: tuple[str, ...], job_id: str | None, wait: bool, timeout: float) -> None:
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=300,
+    show_default=True,
+    help="Seconds to wait with --wait.",
+)
+def sync(
+    venue: str,
+    provider: str,
+    entity: str,
+    direction: str,
+    mode: str,
+    records_source: str | None,
+    option_pairs: tuple[str, ...],
+    job_id: str | None,
+    wait: bool,
+    timeout: float,
+) -> None:
     """Publish a sync request and print {"job_id": ...}.
 
     With --wait, progress goes to stderr and stdout is exactly one line, the job result JSON;
@@ -85,9 +102,16 @@ def sync(venue: str, provider: str, entity: str, direction: str, mode: str, reco
     check_supported(provider, entity, direction)
     records = _read_records(records_source)
     try:
-        request = SyncRequest(job_id=job_id or str(uuid.uuid4()), venue_id=venue, provider=provider,
-                              entity=entity, direction=direction, mode=mode,
-                              records=records, options=_parse_options(option_pairs))
+        request = SyncRequest(
+            job_id=job_id or str(uuid.uuid4()),
+            venue_id=venue,
+            provider=provider,
+            entity=entity,
+            direction=direction,
+            mode=mode,
+            records=records,
+            options=_parse_options(option_pairs),
+        )
     except PydanticValidationError as exc:
         raise CommandError(f"invalid request: {first_error_line(exc)}", 2) from None
     settings = load()
@@ -100,7 +124,9 @@ def sync(venue: str, provider: str, entity: str, direction: str, mode: str, reco
         raise click.exceptions.Exit(1)
 
 
-async def _publish_and_wait(settings: Any, request: Any, *, wait: bool, timeout_s: float) -> dict[str, Any] | None:
+async def _publish_and_wait(
+    settings: Any, request: Any, *, wait: bool, timeout_s: float
+) -> dict[str, Any] | None:
     import aio_pika
 
     from consumers.publishers import AmqpPublisher
@@ -115,8 +141,11 @@ async def _publish_and_wait(settings: Any, request: Any, *, wait: bool, timeout_
         if not await credentials_db.venue_known(pool, request.venue_id, request.provider):
             raise UnknownEntityError(f"unknown venue {request.venue_id!r} for {request.provider}")
         async with amqp_errors(settings):
-            connection = await aio_pika.connect(settings.amqp_url.get_secret_value(), timeout=15,
-                                                client_properties={"connection_name": "integration-service sync"})
+            connection = await aio_pika.connect(
+                settings.amqp_url.get_secret_value(),
+                timeout=15,
+                client_properties={"connection_name": "integration-service sync"},
+            )
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
             await declare_topology(channel)
@@ -153,8 +182,10 @@ def _progress_line(job_id: str, row: Any) -> str:
         return f"job {job_id}: queued"
     counts = row["counts"]
     extra = f", retrying: {row['last_error']}" if row["status"] == "pending" and row["last_error"] else ""
-    return (f"job {job_id}: {row['status']}, processed {counts.get('processed', 0)} "
-            f"(failed {counts.get('failed', 0)}), attempt {row['attempts']}{extra}")
+    return (
+        f"job {job_id}: {row['status']}, processed {counts.get('processed', 0)} "
+        f"(failed {counts.get('failed', 0)}), attempt {row['attempts']}{extra}"
+    )
 
 
 def _iso(value: Any) -> str | None:
@@ -165,11 +196,19 @@ def _iso(value: Any) -> str | None:
 
 def job_json(row: Any) -> dict[str, Any]:
     return {
-        "job_id": row["job_id"], "venue_id": row["venue_id"], "provider": row["provider"],
-        "entity": row["entity"], "direction": row["direction"], "mode": row["mode"],
-        "status": row["status"], "attempts": row["attempts"], "counts": row["counts"],
-        "errors": row["errors"], "started_at": _iso(row["started_at"]),
-        "finished_at": _iso(row["finished_at"]), "created_at": _iso(row["created_at"]),
+        "job_id": row["job_id"],
+        "venue_id": row["venue_id"],
+        "provider": row["provider"],
+        "entity": row["entity"],
+        "direction": row["direction"],
+        "mode": row["mode"],
+        "status": row["status"],
+        "attempts": row["attempts"],
+        "counts": row["counts"],
+        "errors": row["errors"],
+        "started_at": _iso(row["started_at"]),
+        "finished_at": _iso(row["finished_at"]),
+        "created_at": _iso(row["created_at"]),
     }
 
 
@@ -187,18 +226,32 @@ def jobs(venue: str | None, status: str | None, limit: int, as_json: bool) -> No
         from service.database import open_pool
 
         async with open_pool(settings.database_url.get_secret_value(), min_size=1, max_size=1) as pool:
-            return [job_json(r) for r in await jobs_db.list_jobs(pool, venue_id=venue, status=status, limit=limit)]
+            return [
+                job_json(r) for r in await jobs_db.list_jobs(pool, venue_id=venue, status=status, limit=limit)
+            ]
 
     rows = run_async(fetch())
     if as_json:
         for row in rows:
             click.echo(json.dumps(row, sort_keys=True))
         return
-    _table(["JOB", "VENUE", "PROVIDER", "ENTITY", "DIR", "STATUS", "PROCESSED", "FAILED", "FINISHED"], [
-        [r["job_id"], r["venue_id"], r["provider"], r["entity"], r["direction"], r["status"],
-         str(r["counts"].get("processed", 0)), str(r["counts"].get("failed", 0)), r["finished_at"] or "-"]
-        for r in rows
-    ])
+    _table(
+        ["JOB", "VENUE", "PROVIDER", "ENTITY", "DIR", "STATUS", "PROCESSED", "FAILED", "FINISHED"],
+        [
+            [
+                r["job_id"],
+                r["venue_id"],
+                r["provider"],
+                r["entity"],
+                r["direction"],
+                r["status"],
+                str(r["counts"].get("processed", 0)),
+                str(r["counts"].get("failed", 0)),
+                r["finished_at"] or "-",
+            ]
+            for r in rows
+        ],
+    )
 
 
 def _table(header: list[str], rows: list[list[str]]) -> None:

@@ -20,9 +20,14 @@ def dead_letter_json(row: Any) -> dict[str, Any]:
     except ValueError:
         job_id = None
     return {
-        "id": row["id"], "message_id": row["message_id"], "job_id": row["job_id"] or job_id,
-        "exchange": row["exchange"], "routing_key": row["routing_key"], "reason": row["reason"],
-        "category": row["category"], "severity": row["severity"],
+        "id": row["id"],
+        "message_id": row["message_id"],
+        "job_id": row["job_id"] or job_id,
+        "exchange": row["exchange"],
+        "routing_key": row["routing_key"],
+        "reason": row["reason"],
+        "category": row["category"],
+        "severity": row["severity"],
         "dead_lettered_at": rfc3339(row["dead_lettered_at"]),
         "replayed_at": None if row["replayed_at"] is None else rfc3339(row["replayed_at"]),
     }
@@ -56,8 +61,10 @@ def list_dead_letters(as_json: bool, limit: int) -> None:
         click.echo("no dead letters", err=True)
     for r in rows:
         replayed = f" (replayed {r['replayed_at']})" if r["replayed_at"] else ""
-        click.echo(f"{r['id']}  {r['dead_lettered_at']}  {r['routing_key']}  {r['category']}: "
-                   f"{r['reason']}{replayed}")
+        click.echo(
+            f"{r['id']}  {r['dead_lettered_at']}  {r['routing_key']}  {r['category']}: "
+            f"{r['reason']}{replayed}"
+        )
 
 
 @dead_letters.command("replay")
@@ -94,12 +101,19 @@ async def _replay(settings: Any, ids: list[int] | None) -> int:
                 for row in rows:
                     message_id = str(uuid.uuid4())
                     props = row["properties"] or {}
-                    await publisher.publish(OutboxMessage(
-                        exchange=row["exchange"], routing_key=row["routing_key"], body=bytes(row["body"]),
-                        message_id=message_id, correlation_id=props.get("correlation_id"),
-                        reply_to=props.get("reply_to"),
-                        headers={k: v for k, v in (row["headers"] or {}).items() if not k.startswith("x-")},
-                    ))
+                    await publisher.publish(
+                        OutboxMessage(
+                            exchange=row["exchange"],
+                            routing_key=row["routing_key"],
+                            body=bytes(row["body"]),
+                            message_id=message_id,
+                            correlation_id=props.get("correlation_id"),
+                            reply_to=props.get("reply_to"),
+                            headers={
+                                k: v for k, v in (row["headers"] or {}).items() if not k.startswith("x-")
+                            },
+                        )
+                    )
                     await outbox_db.mark_replayed(conn, row["id"], message_id)
                     click.echo(f"replayed {row['id']} to {row['exchange']} {row['routing_key']}", err=True)
     return len(rows)

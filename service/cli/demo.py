@@ -40,9 +40,18 @@ class Row:
 
 def people(prefix: str) -> list[dict[str, Any]]:
     names = [("Ada", "Lovelace"), ("Grace", "Hopper"), ("Alan", "Turing")]
-    return [{"id": f"{prefix}-{i}", "email": f"{first.lower()}.{prefix}@example.com", "first_name": first,
-             "last_name": last, "phone": f"+1415555{1000 + i}", "tags": ["demo"], "marketing_consent": True}
-            for i, (first, last) in enumerate(names)]
+    return [
+        {
+            "id": f"{prefix}-{i}",
+            "email": f"{first.lower()}.{prefix}@example.com",
+            "first_name": first,
+            "last_name": last,
+            "phone": f"+1415555{1000 + i}",
+            "tags": ["demo"],
+            "marketing_consent": True,
+        }
+        for i, (first, last) in enumerate(names)
+    ]
 
 
 class Demo:
@@ -66,15 +75,30 @@ class Demo:
         stripe_key, square_key = f"sk_test_demo{uuid.uuid4().hex}", f"EAAAdemo{uuid.uuid4().hex}"
         mc_key, realm = f"{uuid.uuid4().hex}-us1", str(9_000_000_000 + int(time.time()) % 10**9)
         expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-        qb = {"access_token": f"qb-{uuid.uuid4().hex}", "refresh_token": f"qbr-{uuid.uuid4().hex}",
-              "expires_at": expires, "realm_id": realm}
+        qb = {
+            "access_token": f"qb-{uuid.uuid4().hex}",
+            "refresh_token": f"qbr-{uuid.uuid4().hex}",
+            "expires_at": expires,
+            "realm_id": realm,
+        }
         whsec, mc_token = f"whsec_demo{uuid.uuid4().hex}", uuid.uuid4().hex
         accounts = [
-            {"provider": "stripe", "account": rows["stripe"].venue, "api_key": stripe_key, "webhook_secret": whsec},
+            {
+                "provider": "stripe",
+                "account": rows["stripe"].venue,
+                "api_key": stripe_key,
+                "webhook_secret": whsec,
+            },
             {"provider": "square", "account": rows["square"].venue, "api_key": square_key},
-            {"provider": "quickbooks", "account": rows["quickbooks"].venue, "oauth": {
-                **qb, "client_id": DEMO_CLIENTS["QUICKBOOKS_CLIENT_ID"],
-                "client_secret": DEMO_CLIENTS["QUICKBOOKS_CLIENT_SECRET"]}},
+            {
+                "provider": "quickbooks",
+                "account": rows["quickbooks"].venue,
+                "oauth": {
+                    **qb,
+                    "client_id": DEMO_CLIENTS["QUICKBOOKS_CLIENT_ID"],
+                    "client_secret": DEMO_CLIENTS["QUICKBOOKS_CLIENT_SECRET"],
+                },
+            },
             {"provider": "mailchimp", "account": rows["mailchimp"].venue, "api_key": mc_key},
         ]
         for account in accounts:
@@ -88,20 +112,41 @@ class Demo:
         await vault.set(rows["quickbooks"].venue, "quickbooks", "oauth", json.dumps(qb))
         await vault.set(rows["mailchimp"].venue, "mailchimp", "api_key", mc_key)
         await vault.set(rows["mailchimp"].venue, "mailchimp", "webhook_secret", mc_token)
-        self.secrets = {"stripe": stripe_key, "square": square_key, "mailchimp": mc_key, "mc_token": mc_token,
-                        "realm": realm, "qb": qb["access_token"]}
+        self.secrets = {
+            "stripe": stripe_key,
+            "square": square_key,
+            "mailchimp": mc_key,
+            "mc_token": mc_token,
+            "realm": realm,
+            "qb": qb["access_token"],
+        }
 
     # Syncs ----------------------------------------------------------------------------
 
-    async def sync(self, publisher: Any, pool: Any, provider: str, entity: str, *, records: Any = None,
-                   mode: str = "full", options: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def sync(
+        self,
+        publisher: Any,
+        pool: Any,
+        provider: str,
+        entity: str,
+        *,
+        records: Any = None,
+        mode: str = "full",
+        options: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         from service.database import jobs as jobs_db
         from service.messages import SyncRequest
 
-        request = SyncRequest(job_id=str(uuid.uuid4()), venue_id=self.rows[provider].venue,
-                              provider=provider, entity=entity,
-                              direction="push" if records is not None else "pull", mode=mode,
-                              records=records, options=options or {})
+        request = SyncRequest(
+            job_id=str(uuid.uuid4()),
+            venue_id=self.rows[provider].venue,
+            provider=provider,
+            entity=entity,
+            direction="push" if records is not None else "pull",
+            mode=mode,
+            records=records,
+            options=options or {},
+        )
         await publisher.publish_sync_request(request, message_id=str(uuid.uuid4()))
         deadline = time.monotonic() + STEP_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -109,7 +154,9 @@ class Demo:
             if row is not None and row["status"] in ("succeeded", "partial", "failed") and row["result"]:
                 return dict(row["result"])
             await asyncio.sleep(0.1)
-        raise CommandError(f"{provider} {entity} job {request.job_id} did not finish in {STEP_TIMEOUT_S:g} s", 1)
+        raise CommandError(
+            f"{provider} {entity} job {request.job_id} did not finish in {STEP_TIMEOUT_S:g} s", 1
+        )
 
     async def syncs(self, publisher: Any, pool: Any, session: Any) -> None:
         for provider, row in self.rows.items():
@@ -119,7 +166,9 @@ class Demo:
             records = people(provider[:2])
             if provider == "quickbooks":
                 records = [{**r, "company": f"{r['first_name']} Events"} for r in records]
-            pushed = await self.sync(publisher, pool, provider, ENTITY[provider], records=records, options=options)
+            pushed = await self.sync(
+                publisher, pool, provider, ENTITY[provider], records=records, options=options
+            )
             pulled = await self.sync(publisher, pool, provider, ENTITY[provider], options=options)
             row.push = f"{pushed['status']} {pushed['counts']['created'] + pushed['counts']['updated']}/{len(records)}"
             row.pull = f"{pulled['status']} {pulled['counts']['processed']} read"
@@ -127,19 +176,34 @@ class Demo:
             row.notes += [e["message"] for e in pushed["errors"] + pulled["errors"]][:2]
 
     async def mailchimp_list(self, publisher: Any, pool: Any, session: Any) -> str:
-        audience = [{"id": "demo-list", "name": f"Members {self.run}", "company": "Demo Venue",
-                     "permission_reminder": "You bought a ticket", "from_name": "Demo Venue",
-                     "from_email": "box@example.com", "subject": "News", "language": "en",
-                     "address": {"line1": "1 Main St", "city": "Springfield", "region": "IL",
-                                 "postal_code": "62701", "country": "US"}}]
+        audience = [
+            {
+                "id": "demo-list",
+                "name": f"Members {self.run}",
+                "company": "Demo Venue",
+                "permission_reminder": "You bought a ticket",
+                "from_name": "Demo Venue",
+                "from_email": "box@example.com",
+                "subject": "News",
+                "language": "en",
+                "address": {
+                    "line1": "1 Main St",
+                    "city": "Springfield",
+                    "region": "IL",
+                    "postal_code": "62701",
+                    "country": "US",
+                },
+            }
+        ]
         result = await self.sync(publisher, pool, "mailchimp", "lists", records=audience)
         if result["status"] != "succeeded":
             raise CommandError(f"mailchimp list was not created: {result['errors'][:1]}", 1)
         import base64
 
         auth = base64.b64encode(f"demo:{self.secrets['mailchimp']}".encode()).decode()
-        async with session.get(f"{self.stack.sandbox_url}/mailchimp/3.0/lists",
-                               headers={"Authorization": f"Basic {auth}"}) as reply:
+        async with session.get(
+            f"{self.stack.sandbox_url}/mailchimp/3.0/lists", headers={"Authorization": f"Basic {auth}"}
+        ) as reply:
             lists = (await reply.json())["lists"]
         return str(lists[0]["id"])
 
@@ -160,27 +224,56 @@ class Demo:
         qb_id = await self.any_external_id("quickbooks")
         rows = self.rows
         return {
-            "stripe": {"account": rows["stripe"].venue, "url": f"{ingress}/webhooks/stripe/{rows['stripe'].venue}",
-                       "event": {"id": f"evt_demo{uuid.uuid4().hex}", "object": "event", "created": now,
-                                 "type": "customer.updated", "data": {"object": stripe_customer}}},
-            "square": {"account": rows["square"].venue, "url": f"{ingress}/webhooks/square",
-                       "event": {"type": "customer.updated", "event_id": str(uuid.uuid4()),
-                                 "data": {"type": "customer", "id": square_customer["id"],
-                                          "object": {"customer": square_customer}}}},
-            "quickbooks": {"account": rows["quickbooks"].venue, "url": f"{ingress}/webhooks/quickbooks",
-                           "format": "cloudevents",
-                           "event": {"name": "Customer", "id": qb_id, "operation": "Update"}},
-            "mailchimp": {"account": rows["mailchimp"].venue,
-                          "url": f"{ingress}/webhooks/mailchimp/{rows['mailchimp'].venue}/{self.secrets['mc_token']}",
-                          "event": {"type": "subscribe", "data": {
-                              "email": f"webhook.{self.run}@example.com", "list_id": self.list_id,
-                              "merges": {"FNAME": "Katherine", "LNAME": "Johnson"}}}},
+            "stripe": {
+                "account": rows["stripe"].venue,
+                "url": f"{ingress}/webhooks/stripe/{rows['stripe'].venue}",
+                "event": {
+                    "id": f"evt_demo{uuid.uuid4().hex}",
+                    "object": "event",
+                    "created": now,
+                    "type": "customer.updated",
+                    "data": {"object": stripe_customer},
+                },
+            },
+            "square": {
+                "account": rows["square"].venue,
+                "url": f"{ingress}/webhooks/square",
+                "event": {
+                    "type": "customer.updated",
+                    "event_id": str(uuid.uuid4()),
+                    "data": {
+                        "type": "customer",
+                        "id": square_customer["id"],
+                        "object": {"customer": square_customer},
+                    },
+                },
+            },
+            "quickbooks": {
+                "account": rows["quickbooks"].venue,
+                "url": f"{ingress}/webhooks/quickbooks",
+                "format": "cloudevents",
+                "event": {"name": "Customer", "id": qb_id, "operation": "Update"},
+            },
+            "mailchimp": {
+                "account": rows["mailchimp"].venue,
+                "url": f"{ingress}/webhooks/mailchimp/{rows['mailchimp'].venue}/{self.secrets['mc_token']}",
+                "event": {
+                    "type": "subscribe",
+                    "data": {
+                        "email": f"webhook.{self.run}@example.com",
+                        "list_id": self.list_id,
+                        "merges": {"FNAME": "Katherine", "LNAME": "Johnson"},
+                    },
+                },
+            },
         }
 
     async def any_external_id(self, provider: str) -> str:
         value = await self.pool.fetchval(
             "SELECT external_id FROM record_state WHERE venue_id = $1 AND provider = $2 LIMIT 1",
-            self.rows[provider].venue, provider)
+            self.rows[provider].venue,
+            provider,
+        )
         return str(value)
 
     async def webhooks(self, session: Any, events: asyncio.Queue[dict[str, Any]]) -> None:
@@ -200,7 +293,11 @@ class Demo:
             except TimeoutError:
                 break
             provider = str(event.get("provider"))
-            if event.get("source") == "webhook" and provider in waiting and event.get("venue_id") == self.rows[provider].venue:
+            if (
+                event.get("source") == "webhook"
+                and provider in waiting
+                and event.get("venue_id") == self.rows[provider].venue
+            ):
                 waiting.discard(provider)
                 self.rows[provider].webhook += " -> record event"
         for provider in waiting:
@@ -215,7 +312,9 @@ async def _count_events(pool: Any, venues: list[str]) -> dict[str, int]:
     rows = await pool.fetch(
         """SELECT convert_from(body, 'UTF8')::jsonb ->> 'venue_id' AS venue, count(*) AS n FROM outbox
            WHERE exchange = 'integration.events' AND routing_key NOT LIKE 'job.%'
-             AND convert_from(body, 'UTF8')::jsonb ->> 'venue_id' = ANY($1::text[]) GROUP BY 1""", venues)
+             AND convert_from(body, 'UTF8')::jsonb ->> 'venue_id' = ANY($1::text[]) GROUP BY 1""",
+        venues,
+    )
     return {r["venue"]: r["n"] for r in rows}
 
 
@@ -230,11 +329,15 @@ async def _scenario(settings: Any, stack: Stack) -> tuple[list[Row], int]:
 
     demo = Demo(settings, stack)
     started = datetime.now(UTC)
-    async with open_pool(settings.database_url.get_secret_value(), min_size=1, max_size=4) as pool, \
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with (
+        open_pool(settings.database_url.get_secret_value(), min_size=1, max_size=4) as pool,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+    ):
         demo.pool = pool
-        connection = await aio_pika.connect(settings.amqp_url.get_secret_value(),
-                                            client_properties={"connection_name": "integration-service demo"})
+        connection = await aio_pika.connect(
+            settings.amqp_url.get_secret_value(),
+            client_properties={"connection_name": "integration-service demo"},
+        )
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
             events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -249,9 +352,12 @@ async def _scenario(settings: Any, stack: Stack) -> tuple[list[Row], int]:
             publisher = AmqpPublisher(channel)
             await demo.register(session, Vault(pool, key_provider_from_settings(settings)))
             await demo.syncs(publisher, pool, session)
-            demo.list_id = (await pool.fetchval(
-                "SELECT options ->> 'list_id' FROM sync_jobs WHERE venue_id = $1 AND entity = 'contacts' LIMIT 1",
-                demo.rows["mailchimp"].venue)) or ""
+            demo.list_id = (
+                await pool.fetchval(
+                    "SELECT options ->> 'list_id' FROM sync_jobs WHERE venue_id = $1 AND entity = 'contacts' LIMIT 1",
+                    demo.rows["mailchimp"].venue,
+                )
+            ) or ""
             await demo.webhooks(session, events)
         counts = await _count_events(pool, [r.venue for r in demo.rows.values()])
         for row in demo.rows.values():
@@ -284,9 +390,25 @@ def demo() -> None:
     from service.database import migrate_database
 
     stack = Stack()
-    os.environ.update({k: v for k, v in stack.env().items() if k not in os.environ or k.endswith(
-        ("_API_BASE", "_OAUTH_URL", "_METADATA_URL", "_CLIENT_ID", "_CLIENT_SECRET", "INGRESS_PUBLIC_URL",
-         "_SIGNATURE_KEY", "_VERIFIER_TOKEN"))})  # this process talks to the same sandbox
+    os.environ.update(
+        {
+            k: v
+            for k, v in stack.env().items()
+            if k not in os.environ
+            or k.endswith(
+                (
+                    "_API_BASE",
+                    "_OAUTH_URL",
+                    "_METADATA_URL",
+                    "_CLIENT_ID",
+                    "_CLIENT_SECRET",
+                    "INGRESS_PUBLIC_URL",
+                    "_SIGNATURE_KEY",
+                    "_VERIFIER_TOKEN",
+                )
+            )
+        }
+    )  # this process talks to the same sandbox
     settings = load()
 
     async def go() -> tuple[list[Row], int]:

@@ -17,9 +17,12 @@ from pathlib import Path
 import aiohttp
 
 DEMO_CLIENTS = {
-    "SQUARE_CLIENT_ID": "demo-square-client", "SQUARE_CLIENT_SECRET": "demo-square-secret",
-    "QUICKBOOKS_CLIENT_ID": "demo-qb-client", "QUICKBOOKS_CLIENT_SECRET": "demo-qb-secret",
-    "MAILCHIMP_CLIENT_ID": "demo-mc-client", "MAILCHIMP_CLIENT_SECRET": "demo-mc-secret",
+    "SQUARE_CLIENT_ID": "demo-square-client",
+    "SQUARE_CLIENT_SECRET": "demo-square-secret",
+    "QUICKBOOKS_CLIENT_ID": "demo-qb-client",
+    "QUICKBOOKS_CLIENT_SECRET": "demo-qb-secret",
+    "MAILCHIMP_CLIENT_ID": "demo-mc-client",
+    "MAILCHIMP_CLIENT_SECRET": "demo-mc-secret",
     "SQUARE_WEBHOOK_SIGNATURE_KEY": "demo-square-signature-key",
     "QUICKBOOKS_WEBHOOK_VERIFIER_TOKEN": "demo-quickbooks-verifier-token",
 }
@@ -34,7 +37,11 @@ def free_port() -> int:
 def command() -> list[str]:
     """How to start this same program again (the console script, else the module)."""
     script = shutil.which("integration-service") or str(Path(sys.executable).parent / "integration-service")
-    return [script] if Path(script).exists() else [sys.executable, "-c", "from service.cli import entry; entry()"]
+    return (
+        [script]
+        if Path(script).exists()
+        else [sys.executable, "-c", "from service.cli import entry; entry()"]
+    )
 
 
 @dataclass
@@ -59,11 +66,16 @@ class Stack:
         url = self.sandbox_url
         env = {**os.environ, **DEMO_CLIENTS}
         env.update(
-            HTTP_HOST="127.0.0.1", LOG_FORMAT="json", INGRESS_PUBLIC_URL=self.ingress_url,
-            STRIPE_API_BASE=f"{url}/stripe", SQUARE_API_BASE=f"{url}/square",
-            SQUARE_OAUTH_URL=f"{url}/square/oauth2/token", QUICKBOOKS_API_BASE=f"{url}/quickbooks",
+            HTTP_HOST="127.0.0.1",
+            LOG_FORMAT="json",
+            INGRESS_PUBLIC_URL=self.ingress_url,
+            STRIPE_API_BASE=f"{url}/stripe",
+            SQUARE_API_BASE=f"{url}/square",
+            SQUARE_OAUTH_URL=f"{url}/square/oauth2/token",
+            QUICKBOOKS_API_BASE=f"{url}/quickbooks",
             QUICKBOOKS_OAUTH_URL=f"{url}/quickbooks/oauth2/v1/tokens/bearer",
-            MAILCHIMP_API_BASE=f"{url}/mailchimp", MAILCHIMP_OAUTH_URL=f"{url}/mailchimp/oauth2/token",
+            MAILCHIMP_API_BASE=f"{url}/mailchimp",
+            MAILCHIMP_OAUTH_URL=f"{url}/mailchimp/oauth2/token",
             MAILCHIMP_METADATA_URL=f"{url}/mailchimp/oauth2/metadata",
         )
         return env

@@ -42,11 +42,14 @@ def set_schedule(venue: str, provider: str, entity: str, every: str, option_pair
         async with open_pool(settings.database_url.get_secret_value(), min_size=1, max_size=1) as pool:
             if not await credentials_db.venue_known(pool, venue, provider):
                 raise UnknownEntityError(f"unknown venue {venue!r} for {provider}")
-            return await upsert(pool, venue_id=venue, provider=provider, entity=entity, every_s=every_s,
-                                options=options)
+            return await upsert(
+                pool, venue_id=venue, provider=provider, entity=entity, every_s=every_s, options=options
+            )
 
     row = run_async(store())
-    click.echo(f"scheduled {provider} {entity} for {venue} every {every_s} s; next run {_iso(row['next_run_at'])}")
+    click.echo(
+        f"scheduled {provider} {entity} for {venue} every {every_s} s; next run {_iso(row['next_run_at'])}"
+    )
 
 
 def _iso(value: Any) -> str:
@@ -70,14 +73,22 @@ def list_schedules(as_json: bool) -> None:
 
     rows = run_async(fetch())
     for row in rows:
-        item = {"venue_id": row["venue_id"], "provider": row["provider"], "entity": row["entity"],
-                "every_seconds": row["every_seconds"], "next_run_at": _iso(row["next_run_at"]),
-                "options": row["options"], "last_job_id": row["last_job_id"]}
+        item = {
+            "venue_id": row["venue_id"],
+            "provider": row["provider"],
+            "entity": row["entity"],
+            "every_seconds": row["every_seconds"],
+            "next_run_at": _iso(row["next_run_at"]),
+            "options": row["options"],
+            "last_job_id": row["last_job_id"],
+        }
         if as_json:
             click.echo(json.dumps(item, sort_keys=True))
         else:
-            click.echo(f"{item['venue_id']}  {item['provider']}  {item['entity']}  every {item['every_seconds']} s  "
-                       f"next {item['next_run_at']}")
+            click.echo(
+                f"{item['venue_id']}  {item['provider']}  {item['entity']}  every {item['every_seconds']} s  "
+                f"next {item['next_run_at']}"
+            )
     if not rows and not as_json:
         click.echo("no schedules", err=True)
 

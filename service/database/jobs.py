@@ -181,8 +181,14 @@ async def outcome_tally(conn: Conn, job_id: str) -> tuple[dict[str, int], list[d
     for row in rows:
         counts[row["outcome"]] += 1
         if row["outcome"] == "failed":
-            errors.append({"record_id": row["record_id"], "category": row["category"] or "unknown",
-                           "severity": row["severity"] or "medium", "message": row["message"] or ""})
+            errors.append(
+                {
+                    "record_id": row["record_id"],
+                    "category": row["category"] or "unknown",
+                    "severity": row["severity"] or "medium",
+                    "message": row["message"] or "",
+                }
+            )
     return counts, errors
 
 

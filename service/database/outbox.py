@@ -81,7 +81,8 @@ async def claim_due(conn: asyncpg.Connection, *, limit: int) -> list[StoredMessa
            FROM outbox WHERE published_at IS NULL AND available_at <= now()
              AND (available_at > created_at OR created_at < now() - make_interval(secs => $2))
            ORDER BY available_at, id LIMIT $1 FOR UPDATE SKIP LOCKED""",
-        limit, INLINE_GRACE_S,
+        limit,
+        INLINE_GRACE_S,
     )
     return [_stored(r) for r in rows]
 

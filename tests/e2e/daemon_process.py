@@ -31,9 +31,14 @@ def free_port() -> int:
 def module_env(services: Any, directory: Path) -> dict[str, str]:
     """Like the service_env fixture, for module-scoped fixtures."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AMQP_", "DATABASE_"))}
-    env.update(AMQP_URL=services.amqp_url, DATABASE_URL=services.database_url,
-               LOCAL_MASTER_KEY=services.master_key_b64, LOCAL_MASTER_KEY_FILE=str(directory / "master.key"),
-               LOG_FORMAT="json", PYTHONUNBUFFERED="1")
+    env.update(
+        AMQP_URL=services.amqp_url,
+        DATABASE_URL=services.database_url,
+        LOCAL_MASTER_KEY=services.master_key_b64,
+        LOCAL_MASTER_KEY_FILE=str(directory / "master.key"),
+        LOG_FORMAT="json",
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
@@ -42,24 +47,33 @@ def sandbox_env(base_env: dict[str, str], sandbox: Any) -> dict[str, str]:
     url = sandbox.url
     env = dict(base_env)
     env.update(
-        STRIPE_API_BASE=f"{url}/stripe", SQUARE_API_BASE=f"{url}/square",
-        SQUARE_OAUTH_URL=f"{url}/square/oauth2/token", QUICKBOOKS_API_BASE=f"{url}/quickbooks",
+        STRIPE_API_BASE=f"{url}/stripe",
+        SQUARE_API_BASE=f"{url}/square",
+        SQUARE_OAUTH_URL=f"{url}/square/oauth2/token",
+        QUICKBOOKS_API_BASE=f"{url}/quickbooks",
         QUICKBOOKS_OAUTH_URL=f"{url}/quickbooks/oauth2/v1/tokens/bearer",
-        MAILCHIMP_API_BASE=f"{url}/mailchimp", MAILCHIMP_OAUTH_URL=f"{url}/mailchimp/oauth2/token",
+        MAILCHIMP_API_BASE=f"{url}/mailchimp",
+        MAILCHIMP_OAUTH_URL=f"{url}/mailchimp/oauth2/token",
         MAILCHIMP_METADATA_URL=f"{url}/mailchimp/oauth2/metadata",
-        SQUARE_CLIENT_ID=sandbox.square_client_id, SQUARE_CLIENT_SECRET=sandbox.square_client_secret,
+        SQUARE_CLIENT_ID=sandbox.square_client_id,
+        SQUARE_CLIENT_SECRET=sandbox.square_client_secret,
         QUICKBOOKS_CLIENT_ID=sandbox.quickbooks_client_id,
         QUICKBOOKS_CLIENT_SECRET=sandbox.quickbooks_client_secret,
-        MAILCHIMP_CLIENT_ID=sandbox.mailchimp_client_id, MAILCHIMP_CLIENT_SECRET=sandbox.mailchimp_client_secret,
+        MAILCHIMP_CLIENT_ID=sandbox.mailchimp_client_id,
+        MAILCHIMP_CLIENT_SECRET=sandbox.mailchimp_client_secret,
         SQUARE_WEBHOOK_SIGNATURE_KEY=sandbox.square_webhook_signature_key,
         QUICKBOOKS_WEBHOOK_VERIFIER_TOKEN=sandbox.quickbooks_webhook_verifier_token,
-        RETRY_BASE_DELAY_SECONDS="0.05", RETRY_MAX_DELAY_SECONDS="1", SHUTDOWN_GRACE_SECONDS="10",
+        RETRY_BASE_DELAY_SECONDS="0.05",
+        RETRY_MAX_DELAY_SECONDS="1",
+        SHUTDOWN_GRACE_SECONDS="10",
         HEALTH_CHECK_INTERVAL_SECONDS="3600",
     )
     return env
 
 
-def cli(env: dict[str, str], *args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cli(
+    env: dict[str, str], *args: str, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CLI, *args], env=env, input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
@@ -147,6 +161,7 @@ def daemon(env: dict[str, str], log_path: Path) -> Iterator[DaemonProcess]:
 
 def query(database_url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
     """Run one query on the test database (a fresh connection; sync tests have no loop)."""
+
     async def go() -> list[dict[str, Any]]:
         conn = await asyncpg.connect(database_url)
         try:
@@ -158,11 +173,13 @@ def query(database_url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
 
 
 def job_status(database_url: str, job_id: str) -> dict[str, Any] | None:
-    rows = query(database_url, "SELECT status, counts::text AS counts, attempts FROM sync_jobs WHERE job_id = $1", job_id)
+    rows = query(
+        database_url,
+        "SELECT status, counts::text AS counts, attempts FROM sync_jobs WHERE job_id = $1",
+        job_id,
+    )
     if not rows:
         return None
     row = rows[0]
     row["counts"] = json.loads(row["counts"])
     return row
-
-

@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from service.messages import idempotency_key
-from tests.e2e.daemon_process import DaemonProcess, cli, job_status, module_env, query, sandbox_env, wait_until
+from tests.e2e.daemon_process import (
+    DaemonProcess,
+    cli,
+    job_status,
+    module_env,
+    query,
+    sandbox_env,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -27,27 +35,56 @@ def stripe_account(sandbox: Any, env: dict[str, str], venue: str, **fault: Any) 
     sandbox.control("POST", "/_sandbox/accounts", {"provider": "stripe", "account": venue, "api_key": key})
     if fault:
         sandbox.control("POST", "/_sandbox/faults", {"provider": "stripe", "account": venue, **fault})
-    stored = cli(env, "credentials", "set", "--venue", venue, "--provider", "stripe", "--kind", "api_key",
-                 "--secret-stdin", stdin=key)
+    stored = cli(
+        env,
+        "credentials",
+        "set",
+        "--venue",
+        venue,
+        "--provider",
+        "stripe",
+        "--kind",
+        "api_key",
+        "--secret-stdin",
+        stdin=key,
+    )
     assert 0 == stored.returncode, stored.stderr
     return key
 
 
 def publish_push(env: dict[str, str], venue: str, n: int, tmp: Path) -> str:
-    records = [{"id": f"r{i}", "email": f"r{i}@example.com", "first_name": "R", "last_name": str(i)}
-               for i in range(n)]
+    records = [
+        {"id": f"r{i}", "email": f"r{i}@example.com", "first_name": "R", "last_name": str(i)}
+        for i in range(n)
+    ]
     path = tmp / f"{venue}.json"
     path.write_text(json.dumps(records))
     job_id = str(uuid.uuid4())
-    result = cli(env, "sync", "--venue", venue, "--provider", "stripe", "--entity", "customers",
-                 "--direction", "push", "--records", str(path), "--job-id", job_id)
+    result = cli(
+        env,
+        "sync",
+        "--venue",
+        venue,
+        "--provider",
+        "stripe",
+        "--entity",
+        "customers",
+        "--direction",
+        "push",
+        "--records",
+        str(path),
+        "--job-id",
+        job_id,
+    )
     assert 0 == result.returncode and job_id == json.loads(result.stdout)["job_id"], result.stderr
     return job_id
 
 
 def customer_calls(sandbox: Any, venue: str) -> list[dict[str, Any]]:
     calls = sandbox.control("GET", "/_sandbox/calls?provider=stripe")["calls"]
-    return [c for c in calls if c["account"] == venue and c["method"] == "POST" and c["path"] == "/v1/customers"]
+    return [
+        c for c in calls if c["account"] == venue and c["method"] == "POST" and c["path"] == "/v1/customers"
+    ]
 
 
 def customers_at_sandbox(sandbox: Any, key: str) -> list[dict[str, Any]]:
@@ -89,18 +126,25 @@ def test_kill_9_mid_push_then_restart_loses_and_doubles_nothing(
         first = DaemonProcess(env, tmp_path / f"daemon-{loop}-a.log").start()
         job_id = publish_push(env, venue, 300, tmp_path)
         threshold = 40 + 40 * loop
-        wait_until(lambda: len(customer_calls(sandbox_server, venue)) >= threshold, timeout=60,
-                   what=f"{threshold} calls in flight")
+        wait_until(
+            lambda venue=venue, threshold=threshold: len(customer_calls(sandbox_server, venue)) >= threshold,
+            timeout=60,
+            what=f"{threshold} calls in flight",
+        )
         first.kill()
         assert finished(services.database_url, job_id) is None  # it really died mid-job
         second = DaemonProcess(env, tmp_path / f"daemon-{loop}-b.log").start()
         try:
-            row = wait_until(lambda: finished(services.database_url, job_id), timeout=90, what="job finished")
+            row = wait_until(
+                lambda job_id=job_id: finished(services.database_url, job_id), timeout=90, what="job finished"
+            )
         finally:
             assert 0 == second.terminate()
         assert ("succeeded", 300) == (row["status"], row["counts"]["processed"])
         assert_exactly_once(sandbox_server, key, venue, job_id, 300)
-        dead = query(services.database_url, "SELECT count(*) AS n FROM dead_letters WHERE job_id = $1", job_id)
+        dead = query(
+            services.database_url, "SELECT count(*) AS n FROM dead_letters WHERE job_id = $1", job_id
+        )
         assert 0 == dead[0]["n"]
 
 

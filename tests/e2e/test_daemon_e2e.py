@@ -28,36 +28,77 @@ def running(env: dict[str, str], tmp_path_factory: Any) -> Any:
 
 
 def store(env: dict[str, str], venue: str, provider: str, kind: str, secret: str) -> None:
-    result = cli(env, "credentials", "set", "--venue", venue, "--provider", provider, "--kind", kind,
-                 "--secret-stdin", stdin=secret)
+    result = cli(
+        env,
+        "credentials",
+        "set",
+        "--venue",
+        venue,
+        "--provider",
+        provider,
+        "--kind",
+        kind,
+        "--secret-stdin",
+        stdin=secret,
+    )
     assert 0 == result.returncode, result.stderr
 
 
-def sync(env: dict[str, str], venue: str, provider: str, entity: str, *args: str,
-         records: list[dict[str, Any]] | None = None, tmp: Path | None = None) -> dict[str, Any]:
+def sync(
+    env: dict[str, str],
+    venue: str,
+    provider: str,
+    entity: str,
+    *args: str,
+    records: list[dict[str, Any]] | None = None,
+    tmp: Path | None = None,
+) -> dict[str, Any]:
     extra = list(args)
     if records is not None:
         assert tmp is not None
         path = tmp / f"records-{uuid.uuid4().hex}.json"
         path.write_text(json.dumps(records))
         extra += ["--direction", "push", "--records", str(path)]
-    result = cli(env, "sync", "--venue", venue, "--provider", provider, "--entity", entity, *extra,
-                 "--wait", "--timeout", "90", timeout=120)
+    result = cli(
+        env,
+        "sync",
+        "--venue",
+        venue,
+        "--provider",
+        provider,
+        "--entity",
+        entity,
+        *extra,
+        "--wait",
+        "--timeout",
+        "90",
+        timeout=120,
+    )
     lines = result.stdout.strip().splitlines()
     assert 1 == len(lines), f"stdout must be one line: {result.stdout!r} stderr: {result.stderr}"
     return dict(json.loads(lines[0]))
 
 
 def people(prefix: str, n: int) -> list[dict[str, Any]]:
-    return [{"id": f"{prefix}-{i}", "email": f"{prefix}{i}@example.com", "first_name": f"First{i}",
-             "last_name": "Person"} for i in range(n)]
+    return [
+        {
+            "id": f"{prefix}-{i}",
+            "email": f"{prefix}{i}@example.com",
+            "first_name": f"First{i}",
+            "last_name": "Person",
+        }
+        for i in range(n)
+    ]
 
 
-def test_stripe_push_then_pull(env: dict[str, str], running: DaemonProcess, sandbox_server: Any,
-                               venue_id: str, tmp_path: Path) -> None:
+def test_stripe_push_then_pull(
+    env: dict[str, str], running: DaemonProcess, sandbox_server: Any, venue_id: str, tmp_path: Path
+) -> None:
     """Stripe: a customer push creates them at the sandbox; a full pull reads them back."""
     key = f"sk_test_{uuid.uuid4().hex}"
-    sandbox_server.control("POST", "/_sandbox/accounts", {"provider": "stripe", "account": venue_id, "api_key": key})
+    sandbox_server.control(
+        "POST", "/_sandbox/accounts", {"provider": "stripe", "account": venue_id, "api_key": key}
+    )
     store(env, venue_id, "stripe", "api_key", key)
     pushed = sync(env, venue_id, "stripe", "customers", records=people("s", 3), tmp=tmp_path)
     assert ("succeeded", 3) == (pushed["status"], pushed["counts"]["created"])
@@ -65,11 +106,14 @@ def test_stripe_push_then_pull(env: dict[str, str], running: DaemonProcess, sand
     assert ("succeeded", 3) == (pulled["status"], pulled["counts"]["processed"])
 
 
-def test_square_push_then_pull(env: dict[str, str], running: DaemonProcess, sandbox_server: Any,
-                               venue_id: str, tmp_path: Path) -> None:
+def test_square_push_then_pull(
+    env: dict[str, str], running: DaemonProcess, sandbox_server: Any, venue_id: str, tmp_path: Path
+) -> None:
     """Square: customers pushed one per request, then pulled."""
     key = f"EAAA{uuid.uuid4().hex}"
-    sandbox_server.control("POST", "/_sandbox/accounts", {"provider": "square", "account": venue_id, "api_key": key})
+    sandbox_server.control(
+        "POST", "/_sandbox/accounts", {"provider": "square", "account": venue_id, "api_key": key}
+    )
     store(env, venue_id, "square", "api_key", key)
     pushed = sync(env, venue_id, "square", "customers", records=people("q", 2), tmp=tmp_path)
     assert ("succeeded", 2) == (pushed["status"], pushed["counts"]["created"])
@@ -79,11 +123,14 @@ def test_square_push_then_pull(env: dict[str, str], running: DaemonProcess, sand
     assert "succeeded" == locations["status"] and locations["counts"]["processed"] >= 1
 
 
-def test_square_merchant_id_is_learned_on_first_use(env: dict[str, str], running: DaemonProcess,
-                                                    sandbox_server: Any, venue_id: str) -> None:
+def test_square_merchant_id_is_learned_on_first_use(
+    env: dict[str, str], running: DaemonProcess, sandbox_server: Any, venue_id: str
+) -> None:
     """Square away at `credentials set`: the daemon learns the merchant id on first use."""
     key = f"EAAA{uuid.uuid4().hex}"
-    sandbox_server.control("POST", "/_sandbox/accounts", {"provider": "square", "account": venue_id, "api_key": key})
+    sandbox_server.control(
+        "POST", "/_sandbox/accounts", {"provider": "square", "account": venue_id, "api_key": key}
+    )
     away = {**env, "SQUARE_API_BASE": "http://127.0.0.1:9"}
     store(away, venue_id, "square", "api_key", key)
 
@@ -95,23 +142,39 @@ def test_square_merchant_id_is_learned_on_first_use(env: dict[str, str], running
     assert "succeeded" == sync(env, venue_id, "square", "locations", "--mode", "full")["status"]
     import urllib.request
 
-    request = urllib.request.Request(f"{sandbox_server.url}/square/v2/merchants/me",
-                                     headers={"Authorization": f"Bearer {key}"})
+    request = urllib.request.Request(
+        f"{sandbox_server.url}/square/v2/merchants/me", headers={"Authorization": f"Bearer {key}"}
+    )
     with urllib.request.urlopen(request, timeout=10) as reply:
         expected = json.loads(reply.read())["merchant"]["id"]
     assert expected == merchant()
 
 
-def test_quickbooks_push_then_pull_with_oauth(env: dict[str, str], running: DaemonProcess, sandbox_server: Any,
-                                              venue_id: str, tmp_path: Path) -> None:
+def test_quickbooks_push_then_pull_with_oauth(
+    env: dict[str, str], running: DaemonProcess, sandbox_server: Any, venue_id: str, tmp_path: Path
+) -> None:
     """QuickBooks: an OAuth credential, a batch push of customers, a pull back."""
     realm = str(uuid.uuid4().int)[:15]
     expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    tokens = {"access_token": f"qb-at-{uuid.uuid4().hex}", "refresh_token": f"qb-rt-{uuid.uuid4().hex}",
-              "expires_at": expires, "realm_id": realm}
-    sandbox_server.control("POST", "/_sandbox/accounts", {"provider": "quickbooks", "account": venue_id, "oauth": {
-        **tokens, "client_id": sandbox_server.quickbooks_client_id,
-        "client_secret": sandbox_server.quickbooks_client_secret}})
+    tokens = {
+        "access_token": f"qb-at-{uuid.uuid4().hex}",
+        "refresh_token": f"qb-rt-{uuid.uuid4().hex}",
+        "expires_at": expires,
+        "realm_id": realm,
+    }
+    sandbox_server.control(
+        "POST",
+        "/_sandbox/accounts",
+        {
+            "provider": "quickbooks",
+            "account": venue_id,
+            "oauth": {
+                **tokens,
+                "client_id": sandbox_server.quickbooks_client_id,
+                "client_secret": sandbox_server.quickbooks_client_secret,
+            },
+        },
+    )
     store(env, venue_id, "quickbooks", "oauth", json.dumps(tokens))
     records = [{**r, "company": f"Company {r['id']}"} for r in people("b", 3)]
     pushed = sync(env, venue_id, "quickbooks", "customers", records=records, tmp=tmp_path)
@@ -122,16 +185,34 @@ def test_quickbooks_push_then_pull_with_oauth(env: dict[str, str], running: Daem
     assert "succeeded" == company["status"]
 
 
-def test_mailchimp_lists_and_contacts(env: dict[str, str], running: DaemonProcess, sandbox_server: Any,
-                                      venue_id: str, tmp_path: Path) -> None:
+def test_mailchimp_lists_and_contacts(
+    env: dict[str, str], running: DaemonProcess, sandbox_server: Any, venue_id: str, tmp_path: Path
+) -> None:
     """Mailchimp: a list is created, contacts are upserted into it, then both are pulled."""
     key = f"{uuid.uuid4().hex}-us1"
-    sandbox_server.control("POST", "/_sandbox/accounts", {"provider": "mailchimp", "account": venue_id, "api_key": key})
+    sandbox_server.control(
+        "POST", "/_sandbox/accounts", {"provider": "mailchimp", "account": venue_id, "api_key": key}
+    )
     store(env, venue_id, "mailchimp", "api_key", key)
-    audience = [{"id": "list-1", "name": "Members", "company": "Venue", "permission_reminder": "You bought a ticket",
-                 "from_name": "Venue", "from_email": "box@example.com", "subject": "News", "language": "en",
-                 "address": {"line1": "1 Main St", "city": "Springfield", "region": "IL", "postal_code": "62701",
-                             "country": "US"}}]
+    audience = [
+        {
+            "id": "list-1",
+            "name": "Members",
+            "company": "Venue",
+            "permission_reminder": "You bought a ticket",
+            "from_name": "Venue",
+            "from_email": "box@example.com",
+            "subject": "News",
+            "language": "en",
+            "address": {
+                "line1": "1 Main St",
+                "city": "Springfield",
+                "region": "IL",
+                "postal_code": "62701",
+                "country": "US",
+            },
+        }
+    ]
     created = sync(env, venue_id, "mailchimp", "lists", records=audience, tmp=tmp_path)
     assert "succeeded" == created["status"], created
     lists = sync(env, venue_id, "mailchimp", "lists", "--mode", "full")
@@ -140,7 +221,16 @@ def test_mailchimp_lists_and_contacts(env: dict[str, str], running: DaemonProces
     assert 2 == len(rows)
     list_id = _mailchimp_list_id(sandbox_server, key)
     contacts = [{**r, "tags": ["vip"], "marketing_consent": True} for r in people("m", 3)]
-    pushed = sync(env, venue_id, "mailchimp", "contacts", "--option", f"list_id={list_id}", records=contacts, tmp=tmp_path)
+    pushed = sync(
+        env,
+        venue_id,
+        "mailchimp",
+        "contacts",
+        "--option",
+        f"list_id={list_id}",
+        records=contacts,
+        tmp=tmp_path,
+    )
     assert ("succeeded", 3) == (pushed["status"], pushed["counts"]["processed"]), pushed
     pulled = sync(env, venue_id, "mailchimp", "contacts", "--option", f"list_id={list_id}", "--mode", "full")
     assert ("succeeded", 3) == (pulled["status"], pulled["counts"]["processed"])
@@ -151,7 +241,9 @@ def _mailchimp_list_id(sandbox: Any, key: str) -> str:
     import urllib.request
 
     auth = base64.b64encode(f"any:{key}".encode()).decode()
-    request = urllib.request.Request(f"{sandbox.url}/mailchimp/3.0/lists", headers={"Authorization": f"Basic {auth}"})
+    request = urllib.request.Request(
+        f"{sandbox.url}/mailchimp/3.0/lists", headers={"Authorization": f"Basic {auth}"}
+    )
     with urllib.request.urlopen(request, timeout=10) as reply:
         return str(json.loads(reply.read())["lists"][0]["id"])
 
@@ -164,7 +256,8 @@ def test_health_endpoints_and_metrics(running: DaemonProcess) -> None:
     status, health = running.get("/health")
     assert 200 == status and {"stripe", "square", "quickbooks", "mailchimp"} == set(health["providers"])
     assert {"state", "consecutive_failures", "last_error", "response_time_seconds", "checked_at"} == set(
-        health["providers"]["stripe"])
+        health["providers"]["stripe"]
+    )
     text = running.get("/metrics")[1]
     assert 'integration_build_info{component="daemon"' in text
     assert "integration_messages_consumed_total" in text

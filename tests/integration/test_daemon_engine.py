@@ -19,8 +19,14 @@ def customer(n: int) -> dict[str, Any]:
 
 
 def push(venue: str, records: list[dict[str, Any]], job_id: str | None = None) -> SyncRequest:
-    return SyncRequest(job_id=job_id or str(uuid.uuid4()), venue_id=venue, provider="stripe",
-                       entity="customers", direction="push", records=records)
+    return SyncRequest(
+        job_id=job_id or str(uuid.uuid4()),
+        venue_id=venue,
+        provider="stripe",
+        entity="customers",
+        direction="push",
+        records=records,
+    )
 
 
 @pytest.fixture
@@ -37,13 +43,17 @@ async def test_push_succeeds_and_publishes_events_and_result(daemon: Harness, ve
     row = await eventually(lambda: daemon.finished(request.job_id), what="job finished")
     assert "succeeded" == row["status"]
     assert {"processed": 3, "created": 3, "updated": 0, "skipped": 0, "failed": 0} == row["counts"]
-    result = await daemon.probed(lambda m: m.routing_key == "job.succeeded" and body_of(m)["job_id"] == request.job_id)
+    result = await daemon.probed(
+        lambda m: m.routing_key == "job.succeeded" and body_of(m)["job_id"] == request.job_id
+    )
     assert "integration.job_result.v1" == body_of(result)["schema"]
     keys = [key for op, key in daemon.provider.calls if op == "push"]
     assert sorted(idempotency_key(request.job_id, f"cust-{i}", "create") for i in range(3)) == sorted(keys)
 
 
-async def test_same_job_id_twice_runs_once_and_replies_with_stored_result(daemon: Harness, venue_id: str) -> None:
+async def test_same_job_id_twice_runs_once_and_replies_with_stored_result(
+    daemon: Harness, venue_id: str
+) -> None:
     """A finished job's request arriving again is acknowledged without running, and replied to."""
     await daemon.credential(venue_id)
     request = push(venue_id, [customer(1)])
@@ -81,7 +91,9 @@ async def test_transient_failures_retry_with_the_same_keys(daemon: Harness, venu
     assert {idempotency_key(request.job_id, f"cust-{i}", "create") for i in (1, 2)} == keys
 
 
-async def test_retries_exhausted_dead_letters_with_reason(daemon: Harness, venue_id: str, settings_factory: Any) -> None:
+async def test_retries_exhausted_dead_letters_with_reason(
+    daemon: Harness, venue_id: str, settings_factory: Any
+) -> None:
     """After RETRY_MAX_ATTEMPTS the message is dead-lettered as network and the job fails."""
     await daemon.credential(venue_id)
     daemon.provider.transient_failures = 100
@@ -89,7 +101,9 @@ async def test_retries_exhausted_dead_letters_with_reason(daemon: Harness, venue
     await daemon.request(request)
     row = await eventually(lambda: daemon.finished(request.job_id), timeout=30)
     assert "failed" == row["status"]
-    dead = await daemon.probed(lambda m: m.exchange == "integration.dead" and body_of(m).get("job_id") == request.job_id)
+    dead = await daemon.probed(
+        lambda m: m.exchange == "integration.dead" and body_of(m).get("job_id") == request.job_id
+    )
     assert "network" == dead.headers["x-error-category"]
     assert str(dead.headers["x-death-reason"]).startswith("gave up after 8 attempts")
     daemon.provider.transient_failures = 0
@@ -97,23 +111,85 @@ async def test_retries_exhausted_dead_letters_with_reason(daemon: Harness, venue
 
 BAD_INPUTS = [
     ("not json", b"{nope", "sync.stripe.customers", "validation"),
-    ("wrong schema", {"schema": "integration.other.v9", "job_id": "J", "venue_id": "v", "provider": "stripe",
-                      "entity": "customers"}, "sync.stripe.customers", "validation"),
-    ("unknown provider", {"schema": "integration.sync_request.v1", "job_id": "J", "venue_id": "v",
-                          "provider": "paypal", "entity": "customers"}, "sync.paypal.customers", "validation"),
-    ("unknown entity", {"schema": "integration.sync_request.v1", "job_id": "J", "venue_id": "V",
-                        "provider": "stripe", "entity": "widgets"}, "sync.stripe.widgets", "validation"),
-    ("unknown venue", {"schema": "integration.sync_request.v1", "job_id": "J", "venue_id": "nobody",
-                       "provider": "stripe", "entity": "customers"}, "sync.stripe.customers", "validation"),
-    ("routing key mismatch", {"schema": "integration.sync_request.v1", "job_id": "J", "venue_id": "V",
-                              "provider": "stripe", "entity": "customers"}, "sync.stripe.refunds", "validation"),
-    ("push without records", {"schema": "integration.sync_request.v1", "job_id": "J", "venue_id": "V",
-                              "provider": "stripe", "entity": "customers", "direction": "push"},
-     "sync.stripe.customers", "validation"),
+    (
+        "wrong schema",
+        {
+            "schema": "integration.other.v9",
+            "job_id": "J",
+            "venue_id": "v",
+            "provider": "stripe",
+            "entity": "customers",
+        },
+        "sync.stripe.customers",
+        "validation",
+    ),
+    (
+        "unknown provider",
+        {
+            "schema": "integration.sync_request.v1",
+            "job_id": "J",
+            "venue_id": "v",
+            "provider": "paypal",
+            "entity": "customers",
+        },
+        "sync.paypal.customers",
+        "validation",
+    ),
+    (
+        "unknown entity",
+        {
+            "schema": "integration.sync_request.v1",
+            "job_id": "J",
+            "venue_id": "V",
+            "provider": "stripe",
+            "entity": "widgets",
+        },
+        "sync.stripe.widgets",
+        "validation",
+    ),
+    (
+        "unknown venue",
+        {
+            "schema": "integration.sync_request.v1",
+            "job_id": "J",
+            "venue_id": "nobody",
+            "provider": "stripe",
+            "entity": "customers",
+        },
+        "sync.stripe.customers",
+        "validation",
+    ),
+    (
+        "routing key mismatch",
+        {
+            "schema": "integration.sync_request.v1",
+            "job_id": "J",
+            "venue_id": "V",
+            "provider": "stripe",
+            "entity": "customers",
+        },
+        "sync.stripe.refunds",
+        "validation",
+    ),
+    (
+        "push without records",
+        {
+            "schema": "integration.sync_request.v1",
+            "job_id": "J",
+            "venue_id": "V",
+            "provider": "stripe",
+            "entity": "customers",
+            "direction": "push",
+        },
+        "sync.stripe.customers",
+        "validation",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "body", "routing_key", "category"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("case", "body", "routing_key", "category"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS]
+)
 async def test_bad_input_is_dead_lettered_with_headers_and_a_failed_result(
     daemon: Harness, venue_id: str, case: str, body: Any, routing_key: str, category: str
 ) -> None:
@@ -121,29 +197,44 @@ async def test_bad_input_is_dead_lettered_with_headers_and_a_failed_result(
     await daemon.credential(venue_id)
     job_id = str(uuid.uuid4())
     if isinstance(body, dict):
-        body = json.dumps({k: (job_id if v == "J" else venue_id if v == "V" else v) for k, v in body.items()}).encode()
+        body = json.dumps(
+            {k: (job_id if v == "J" else venue_id if v == "V" else v) for k, v in body.items()}
+        ).encode()
     await daemon.publish(body, routing_key)
     dead = await daemon.probed(lambda m: m.exchange == "integration.dead" and m.body == body)
     assert category == dead.headers["x-error-category"]
     assert dead.headers["x-death-reason"] and "\n" not in str(dead.headers["x-death-reason"])
-    assert ("integration.commands", routing_key) == (dead.headers["x-original-exchange"], dead.headers["x-original-routing-key"])
+    assert ("integration.commands", routing_key) == (
+        dead.headers["x-original-exchange"],
+        dead.headers["x-original-routing-key"],
+    )
     assert dead.headers["x-error-severity"] in ("low", "medium", "high", "critical")
     stored = await daemon.pool.fetchval("SELECT count(*) FROM dead_letters WHERE body = $1", body)
     assert 1 == stored
     if case != "not json":
-        result = await daemon.probed(lambda m: m.routing_key == "job.failed" and body_of(m)["job_id"] == job_id)
+        result = await daemon.probed(
+            lambda m: m.routing_key == "job.failed" and body_of(m)["job_id"] == job_id
+        )
         errors = body_of(result)["errors"]
         assert [(None, category)] == [(e["record_id"], e["category"]) for e in errors]
 
 
-async def test_pull_pages_store_cursor_and_incremental_emits_only_changes(daemon: Harness, venue_id: str) -> None:
+async def test_pull_pages_store_cursor_and_incremental_emits_only_changes(
+    daemon: Harness, venue_id: str
+) -> None:
     """A full pull reads every page; an incremental pull after one change emits one event."""
     await daemon.credential(venue_id)
     first = push(venue_id, [customer(i) for i in range(5)])
     await daemon.request(first)
     await eventually(lambda: daemon.finished(first.job_id))
-    full = SyncRequest(job_id=str(uuid.uuid4()), venue_id=venue_id, provider="stripe", entity="customers",
-                       direction="pull", mode="full")
+    full = SyncRequest(
+        job_id=str(uuid.uuid4()),
+        venue_id=venue_id,
+        provider="stripe",
+        entity="customers",
+        direction="pull",
+        mode="full",
+    )
     await daemon.request(full)
     row = await eventually(lambda: daemon.finished(full.job_id))
     assert ("succeeded", 5) == (row["status"], row["counts"]["processed"])
@@ -151,30 +242,60 @@ async def test_pull_pages_store_cursor_and_incremental_emits_only_changes(daemon
     cursor = await daemon.pool.fetchval("SELECT cursor FROM pull_cursors WHERE venue_id = $1", venue_id)
     assert cursor is not None
     some = next(iter(daemon.provider.objects.values()))
-    some.update({"email": "changed@example.com", "updated": max(o["updated"] for o in daemon.provider.objects.values()) + 1})
-    incremental = SyncRequest(job_id=str(uuid.uuid4()), venue_id=venue_id, provider="stripe", entity="customers",
-                              direction="pull")
+    some.update(
+        {
+            "email": "changed@example.com",
+            "updated": max(o["updated"] for o in daemon.provider.objects.values()) + 1,
+        }
+    )
+    incremental = SyncRequest(
+        job_id=str(uuid.uuid4()), venue_id=venue_id, provider="stripe", entity="customers", direction="pull"
+    )
     await daemon.request(incremental)
     row = await eventually(lambda: daemon.finished(incremental.job_id))
     assert {"processed": 1, "created": 0, "updated": 1, "skipped": 0, "failed": 0} == row["counts"]
-    event = await daemon.probed(lambda m: m.routing_key == "stripe.customers.upserted"
-                                and body_of(m)["data"].get("email") == "changed@example.com")
+    event = await daemon.probed(
+        lambda m: (
+            m.routing_key == "stripe.customers.upserted"
+            and body_of(m)["data"].get("email") == "changed@example.com"
+        )
+    )
     assert some["id"] == body_of(event)["external_id"]
 
 
 async def test_same_webhook_event_twice_yields_one_record_event(daemon: Harness, venue_id: str) -> None:
     """Webhook dedupe: the same provider event delivered twice produces one record event."""
     await daemon.credential(venue_id)
-    event = {"id": f"evt_{uuid.uuid4().hex}", "created": 1_800_000_000,
-             "data": {"object": {"id": "cus_hook", "email": "hook@example.com", "name": "Hook Test"}}}
-    message = VerifiedWebhook(provider="stripe", venue_id=venue_id, received_at=utcnow(), headers={},
-                              body=base64.b64encode(json.dumps(event).encode()).decode())
+    event = {
+        "id": f"evt_{uuid.uuid4().hex}",
+        "created": 1_800_000_000,
+        "data": {"object": {"id": "cus_hook", "email": "hook@example.com", "name": "Hook Test"}},
+    }
+    message = VerifiedWebhook(
+        provider="stripe",
+        venue_id=venue_id,
+        received_at=utcnow(),
+        headers={},
+        body=base64.b64encode(json.dumps(event).encode()).decode(),
+    )
     for _ in range(2):
         await daemon.publish(message.to_json_bytes(), "webhook.stripe", exchange="integration.webhooks")
-    await daemon.probed(lambda m: m.routing_key == "stripe.customers.upserted" and body_of(m)["external_id"] == "cus_hook")
-    await eventually(lambda: daemon.consumers[1].idle.is_set() and daemon.metrics.messages_consumed.labels(
-        queue="integration.webhook-events", outcome="succeeded")._value.get() >= 2, what="both consumed")
+    await daemon.probed(
+        lambda m: m.routing_key == "stripe.customers.upserted" and body_of(m)["external_id"] == "cus_hook"
+    )
+    await eventually(
+        lambda: (
+            daemon.consumers[1].idle.is_set()
+            and daemon.metrics.messages_consumed.labels(
+                queue="integration.webhook-events", outcome="succeeded"
+            )._value.get()
+            >= 2
+        ),
+        what="both consumed",
+    )
     count = await daemon.pool.fetchval("SELECT count(*) FROM webhook_events WHERE event_id = $1", event["id"])
     events = await daemon.pool.fetchval(
-        "SELECT count(*) FROM outbox WHERE routing_key = 'stripe.customers.upserted' AND convert_from(body, 'UTF8')::jsonb ->> 'external_id' = 'cus_hook'")
+        "SELECT count(*) FROM outbox WHERE routing_key = 'stripe.customers.upserted'"
+        " AND convert_from(body, 'UTF8')::jsonb ->> 'external_id' = 'cus_hook'"
+    )
     assert (1, 1) == (count, events)

@@ -17,8 +17,9 @@ CLI = ".venv/bin/integration-service"
 
 
 async def cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(CLI, *args, env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        CLI, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -34,8 +35,14 @@ async def test_unknown_venue_is_dead_lettered_then_replayed_after_the_fix(
     daemon: Harness, service_env: dict[str, str], venue_id: str
 ) -> None:
     """A request for a venue without credentials dead-letters; after `credentials set`, replay runs it."""
-    request = SyncRequest(job_id=str(uuid.uuid4()), venue_id=venue_id, provider="stripe", entity="customers",
-                          direction="push", records=[{"id": "c1", "email": "c1@example.com"}])
+    request = SyncRequest(
+        job_id=str(uuid.uuid4()),
+        venue_id=venue_id,
+        provider="stripe",
+        entity="customers",
+        direction="push",
+        records=[{"id": "c1", "email": "c1@example.com"}],
+    )
     await daemon.request(request)
     failed = await eventually(lambda: daemon.finished(request.job_id))
     assert "failed" == failed["status"]
@@ -43,14 +50,24 @@ async def test_unknown_venue_is_dead_lettered_then_replayed_after_the_fix(
     rows = [json.loads(line) for line in out.splitlines()]
     mine = [r for r in rows if r["job_id"] == request.job_id]
     assert 0 == code and 1 == len(mine)
-    assert {"id", "message_id", "job_id", "routing_key", "reason", "category", "dead_lettered_at",
-            "replayed_at"} <= set(mine[0])
+    assert {
+        "id",
+        "message_id",
+        "job_id",
+        "routing_key",
+        "reason",
+        "category",
+        "dead_lettered_at",
+        "replayed_at",
+    } <= set(mine[0])
     assert ("validation", None) == (mine[0]["category"], mine[0]["replayed_at"])
     assert venue_id in mine[0]["reason"]
     await daemon.credential(venue_id)
     code, out, err = await cli(service_env, "dead-letters", "replay", "--id", str(mine[0]["id"]))
     assert 0 == code, err
-    row = await eventually(lambda: _status(daemon, request.job_id, "succeeded"), what="replayed job succeeded")
+    row = await eventually(
+        lambda: _status(daemon, request.job_id, "succeeded"), what="replayed job succeeded"
+    )
     assert 1 == row["counts"]["created"]
     code, out, _ = await cli(service_env, "dead-letters", "list", "--json")
     replayed = [json.loads(line) for line in out.splitlines() if json.loads(line)["id"] == mine[0]["id"]]
@@ -58,8 +75,17 @@ async def test_unknown_venue_is_dead_lettered_then_replayed_after_the_fix(
     code, out, _ = await cli(service_env, "jobs", "--venue", venue_id, "--json")
     jobs = [json.loads(line) for line in out.splitlines()]
     assert [(request.job_id, "succeeded")] == [(j["job_id"], j["status"]) for j in jobs]
-    assert {"job_id", "venue_id", "provider", "entity", "direction", "status", "counts", "started_at",
-            "finished_at"} <= set(jobs[0])
+    assert {
+        "job_id",
+        "venue_id",
+        "provider",
+        "entity",
+        "direction",
+        "status",
+        "counts",
+        "started_at",
+        "finished_at",
+    } <= set(jobs[0])
 
 
 async def _status(daemon: Harness, job_id: str, status: str) -> Any:

@@ -36,26 +36,39 @@ def test_next_due_skips_missed_runs_and_stays_on_the_grid() -> None:
     assert due + timedelta(seconds=1200) == _next_due(due, 300, now)
 
 
-async def test_concurrent_publishers_publish_each_due_time_once(pool: Any, settings: Any, venue_id: str) -> None:
+async def test_concurrent_publishers_publish_each_due_time_once(
+    pool: Any, settings: Any, venue_id: str
+) -> None:
     """Five concurrent publish passes (as from five daemons) enqueue the due pull once."""
     await upsert(pool, venue_id=venue_id, provider="stripe", entity="customers", every_s=600, options={})
     results = await asyncio.gather(*(publish_due(pool, MessageRoutes()) for _ in range(5)))
     ids = [i for batch in results for i in batch]
     bodies = await pool.fetch("SELECT body FROM outbox WHERE id = ANY($1::bigint[])", ids)
-    mine = [json.loads(bytes(b["body"])) for b in bodies if json.loads(bytes(b["body"]))["venue_id"] == venue_id]
+    mine = [
+        json.loads(bytes(b["body"])) for b in bodies if json.loads(bytes(b["body"]))["venue_id"] == venue_id
+    ]
     assert 1 == len(mine)
     assert ("pull", "incremental") == (mine[0]["direction"], mine[0]["mode"])
     next_run = await pool.fetchval("SELECT next_run_at FROM schedules WHERE venue_id = $1", venue_id)
     assert next_run > datetime.now(UTC) + timedelta(seconds=500)
 
 
-async def test_schedules_cli_set_list_delete(pool: Any, settings: Any, service_env: dict[str, str], venue_id: str) -> None:
+async def test_schedules_cli_set_list_delete(
+    pool: Any, settings: Any, service_env: dict[str, str], venue_id: str
+) -> None:
     """The CLI stores, lists (JSON) and deletes a schedule; an unknown venue exits 2."""
-    await Vault(pool, key_provider_from_settings(settings)).set(venue_id, "stripe", "api_key", "sk_test_abc123")
+    await Vault(pool, key_provider_from_settings(settings)).set(
+        venue_id, "stripe", "api_key", "sk_test_abc123"
+    )
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([".venv/bin/integration-service", "schedules", *args], env=service_env,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [".venv/bin/integration-service", "schedules", *args],
+            env=service_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     base = ["--venue", venue_id, "--provider", "stripe", "--entity", "customers"]
     assert 0 == cli("set", *base, "--every", "15m").returncode
@@ -63,7 +76,9 @@ async def test_schedules_cli_set_list_delete(pool: Any, settings: Any, service_e
     mine = [item for item in listed if item["venue_id"] == venue_id]
     assert [900] == [item["every_seconds"] for item in mine]
     assert {"venue_id", "provider", "entity", "every_seconds", "next_run_at"} <= set(mine[0])
-    unknown = cli("set", "--venue", "nobody-here", "--provider", "stripe", "--entity", "customers", "--every", "5m")
+    unknown = cli(
+        "set", "--venue", "nobody-here", "--provider", "stripe", "--entity", "customers", "--every", "5m"
+    )
     assert 2 == unknown.returncode and 1 == len(unknown.stderr.strip().splitlines())
     short = cli("set", *base, "--every", "30s")
     assert 2 == short.returncode and "--every" in short.stderr

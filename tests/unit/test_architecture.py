@@ -13,8 +13,13 @@ PACKAGES = ("service", "consumers", "providers", "sandbox")
 
 def test_import_contracts_are_kept() -> None:
     """lint-imports reports every contract in pyproject.toml kept."""
-    result = subprocess.run([str(Path(sys.executable).parent / "lint-imports")], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert 0 == result.returncode, result.stdout[-3000:]
     assert "0 broken" in result.stdout
 
@@ -52,6 +57,23 @@ sys.exit(1 if failed else 0)
 
 def test_every_module_imports_alone() -> None:
     """Each module imports first in a fresh child process (no circular-import surprises)."""
-    result = subprocess.run([sys.executable, "-c", FORK_EACH, *_modules()], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_EACH, *_modules()], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert 0 == result.returncode, result.stdout + result.stderr[-2000:]
+
+
+def test_ruff_finds_nothing() -> None:
+    """ruff (pyproject.toml's rules) is clean over the whole tree."""
+    ruff = str(Path(sys.executable).parent / "ruff")
+    result = subprocess.run([ruff, "check", "--output-format", "concise", "service", "consumers", "providers",
+                             "sandbox", "bench", "tests"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert 0 == result.returncode, result.stdout[-3000:]
+
+
+def test_mypy_strict_is_clean() -> None:
+    """mypy --strict (pyproject.toml) finds nothing in the service, consumers, providers or sandbox."""
+    mypy = str(Path(sys.executable).parent / "mypy")
+    result = subprocess.run([mypy, "--cache-dir", "/tmp/integration-service-mypy-cache"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert 0 == result.returncode, result.stdout[-3000:]
