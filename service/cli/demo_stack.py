@@ -28,6 +28,20 @@ DEMO_CLIENTS = {
 }
 
 
+def sandbox_provider_env(url: str) -> dict[str, str]:
+    """Every provider API base and token endpoint pointed at a sandbox at ``url``."""
+    return {
+        "STRIPE_API_BASE": f"{url}/stripe",
+        "SQUARE_API_BASE": f"{url}/square",
+        "SQUARE_OAUTH_URL": f"{url}/square/oauth2/token",
+        "QUICKBOOKS_API_BASE": f"{url}/quickbooks",
+        "QUICKBOOKS_OAUTH_URL": f"{url}/quickbooks/oauth2/v1/tokens/bearer",
+        "MAILCHIMP_API_BASE": f"{url}/mailchimp",
+        "MAILCHIMP_OAUTH_URL": f"{url}/mailchimp/oauth2/token",
+        "MAILCHIMP_METADATA_URL": f"{url}/mailchimp/oauth2/metadata",
+    }
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -63,21 +77,8 @@ class Stack:
         return f"http://127.0.0.1:{self.ingress_port}"
 
     def env(self) -> dict[str, str]:
-        url = self.sandbox_url
-        env = {**os.environ, **DEMO_CLIENTS}
-        env.update(
-            HTTP_HOST="127.0.0.1",
-            LOG_FORMAT="json",
-            INGRESS_PUBLIC_URL=self.ingress_url,
-            STRIPE_API_BASE=f"{url}/stripe",
-            SQUARE_API_BASE=f"{url}/square",
-            SQUARE_OAUTH_URL=f"{url}/square/oauth2/token",
-            QUICKBOOKS_API_BASE=f"{url}/quickbooks",
-            QUICKBOOKS_OAUTH_URL=f"{url}/quickbooks/oauth2/v1/tokens/bearer",
-            MAILCHIMP_API_BASE=f"{url}/mailchimp",
-            MAILCHIMP_OAUTH_URL=f"{url}/mailchimp/oauth2/token",
-            MAILCHIMP_METADATA_URL=f"{url}/mailchimp/oauth2/metadata",
-        )
+        env = {**os.environ, **DEMO_CLIENTS, **sandbox_provider_env(self.sandbox_url)}
+        env.update(HTTP_HOST="127.0.0.1", LOG_FORMAT="json", INGRESS_PUBLIC_URL=self.ingress_url)
         return env
 
     def _spawn(self, name: str, *args: str) -> None:

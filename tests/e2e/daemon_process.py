@@ -18,6 +18,8 @@ from typing import Any
 
 import asyncpg
 
+from service.cli.demo_stack import sandbox_provider_env
+
 REPO = Path(__file__).resolve().parents[2]
 CLI = str(REPO / ".venv" / "bin" / "integration-service")
 
@@ -44,17 +46,8 @@ def module_env(services: Any, directory: Path) -> dict[str, str]:
 
 def sandbox_env(base_env: dict[str, str], sandbox: Any) -> dict[str, str]:
     """Point every provider base, token endpoint and OAuth client at the sandbox."""
-    url = sandbox.url
-    env = dict(base_env)
+    env = {**base_env, **sandbox_provider_env(sandbox.url)}
     env.update(
-        STRIPE_API_BASE=f"{url}/stripe",
-        SQUARE_API_BASE=f"{url}/square",
-        SQUARE_OAUTH_URL=f"{url}/square/oauth2/token",
-        QUICKBOOKS_API_BASE=f"{url}/quickbooks",
-        QUICKBOOKS_OAUTH_URL=f"{url}/quickbooks/oauth2/v1/tokens/bearer",
-        MAILCHIMP_API_BASE=f"{url}/mailchimp",
-        MAILCHIMP_OAUTH_URL=f"{url}/mailchimp/oauth2/token",
-        MAILCHIMP_METADATA_URL=f"{url}/mailchimp/oauth2/metadata",
         SQUARE_CLIENT_ID=sandbox.square_client_id,
         SQUARE_CLIENT_SECRET=sandbox.square_client_secret,
         QUICKBOOKS_CLIENT_ID=sandbox.quickbooks_client_id,
