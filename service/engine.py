@@ -73,6 +73,12 @@ class EngineDeps:
     auth_for: AuthFactory
     routes: Routes
     metrics: Metrics
+    relaxed_pool: asyncpg.Pool | None = None  # commits without waiting for the disk
+
+    @property
+    def fast(self) -> asyncpg.Pool:
+        """The pool for writes a redelivery would redo (job start, mid-job pages)."""
+        return self.relaxed_pool or self.pool
 
 
 def backoff_delay_s(
@@ -102,6 +108,7 @@ class Engine:
     def __init__(self, deps: EngineDeps) -> None:
         self._d = deps
         self._known: dict[tuple[str, str], float] = {}
+        self._overrides: dict[tuple[str, str, str], tuple[float, list[dict[str, Any]] | None]] = {}
 
     async def handle_sync(self, delivery: Delivery) -> Outcome:
         """Process one sync request delivery; never raises for bad input."""
@@ -116,20 +123,22 @@ class Engine:
             venue_id=raw.get("venue_id"),
             provider=raw.get("provider"),
         )
+        previous: str | None = None
         if job_id is not None:
-            duplicate = await self._duplicate(job_id, delivery)
+            duplicate, previous = await self._duplicate(job_id, delivery)
             if duplicate is not None:
                 return duplicate
         try:
             request = await self._validate(raw, delivery)
         except IntegrationError as exc:
             return await self.dead_letter(delivery, exc, raw=raw)
-        return await self._run(request, delivery)
+        return await self._run(request, delivery, previous)
 
-    async def _duplicate(self, job_id: str, delivery: Delivery) -> Outcome | None:
+    async def _duplicate(self, job_id: str, delivery: Delivery) -> tuple[Outcome | None, str | None]:
+        """(the duplicate's outcome, or None to run it; the job's stored status)."""
         row = await jobs_db.get_job(self._d.pool, job_id)
         if row is None or row["status"] not in ("succeeded", "partial"):
-            return None
+            return None, None if row is None else row["status"]
         ids: list[int] = []
         if delivery.reply_to and row["result"]:
             result = JobResult.model_validate(row["result"])
@@ -139,7 +148,7 @@ class Engine:
             async with self._d.pool.acquire() as conn, conn.transaction():
                 ids = await outbox_db.enqueue(conn, [message])
         log.info("sync_duplicate", status=row["status"])
-        return Outcome("duplicate", status=row["status"], outbox_ids=tuple(ids))
+        return Outcome("duplicate", status=row["status"], outbox_ids=tuple(ids)), row["status"]
 
     async def _validate(self, raw: dict[str, Any], delivery: Delivery) -> SyncRequest:
         from service.entities import check_supported
@@ -160,6 +169,18 @@ class Engine:
             raise UnknownEntityError(f"unknown venue {request.venue_id!r} for {request.provider}")
         return request
 
+    async def _override(self, venue_id: str, provider: str, entity: str) -> list[dict[str, Any]] | None:
+        """A venue's mapping override, remembered for a few seconds."""
+        key, now = (venue_id, provider, entity), time.monotonic()
+        hit = self._overrides.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        document = await jobs_db.get_mapping_override(self._d.pool, venue_id, provider, entity)
+        if len(self._overrides) > 10_000:
+            self._overrides.clear()
+        self._overrides[key] = (now + KNOWN_VENUE_TTL_S, document)
+        return document
+
     async def _venue_known(self, venue_id: str, provider: str) -> bool:
         """Known venues are remembered for a few seconds; unknown ones are asked each time."""
         now = time.monotonic()
@@ -172,10 +193,10 @@ class Engine:
             self._known[(venue_id, provider)] = now + KNOWN_VENUE_TTL_S
         return known
 
-    async def _run(self, request: SyncRequest, delivery: Delivery) -> Outcome:
+    async def _run(self, request: SyncRequest, delivery: Delivery, previous: str | None) -> Outcome:
         from service.sync import JobRunner
 
-        runner = JobRunner(self._d, request, delivery)
+        runner = JobRunner(self._d, request, delivery, previous_status=previous, overrides=self._override)
         started = utcnow()
         try:
             status, ids = await runner.run()

@@ -96,6 +96,7 @@ class App:
     connection: Any
     publisher: Any
     relay: Any
+    relaxed_pool: Any = None  # sessions commit without waiting for the disk (redo-safe writes)
 
 
 def build_clients(settings: Settings, http: Any) -> dict[str, Any]:
@@ -106,7 +107,7 @@ def build_clients(settings: Settings, http: Any) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def open_app(settings: Settings, *, component: str, pool_size: int = 20) -> AsyncIterator[App]:
+async def open_app(settings: Settings, *, component: str, pool_size: int = 12) -> AsyncIterator[App]:
     """Open pool, vault, limiter, HTTP session, provider clients and the AMQP publisher."""
     import aio_pika
     import aiohttp
@@ -123,10 +124,13 @@ async def open_app(settings: Settings, *, component: str, pool_size: int = 20) -
     async with AsyncExitStack() as stack:
         metrics = Metrics(process_collectors=True)
         metrics.set_build_info(component)
-        pool = await create_pool(settings.database_url.get_secret_value(), min_size=2, max_size=pool_size)
+        dsn = settings.database_url.get_secret_value()
+        pool = await create_pool(dsn, min_size=2, max_size=pool_size)
         stack.push_async_callback(pool.close)
+        relaxed_pool = await create_pool(dsn, min_size=2, max_size=pool_size, relaxed=True)
+        stack.push_async_callback(relaxed_pool.close)
         vault = Vault(pool, key_provider_from_settings(settings))
-        limiter = RateLimiter(PostgresBucketStore(pool), observer=MetricsLimiterObserver(metrics))
+        limiter = RateLimiter(PostgresBucketStore(relaxed_pool), observer=MetricsLimiterObserver(metrics))
         session = aiohttp.ClientSession()
         stack.push_async_callback(session.close)
         http = ProviderHttp(session, limiter=limiter, settings=settings, metrics=metrics)
@@ -142,8 +146,8 @@ async def open_app(settings: Settings, *, component: str, pool_size: int = 20) -
         channel = await connection.channel(publisher_confirms=True)
         await declare_topology(channel)
         publisher = AmqpPublisher(channel)
-        relay = OutboxRelay(pool, publisher, metrics=metrics)
-        yield App(settings, pool, vault, metrics, http, clients, auth, connection, publisher, relay)
+        relay = OutboxRelay(relaxed_pool, publisher, metrics=metrics)
+        yield App(settings, pool, vault, metrics, http, clients, auth, connection, publisher, relay, relaxed_pool)
 
 
 def _refresher(settings: Settings, vault: Vault, pool: Any, http: Any, metrics: Any) -> Any:
@@ -167,6 +171,7 @@ def build_engine(app: App) -> tuple[Any, Any]:
         auth_for=AuthCache(app),
         routes=MessageRoutes(),
         metrics=app.metrics,
+        relaxed_pool=app.relaxed_pool,
     )
     engine = Engine(deps)
     return engine, WebhookProcessor(deps, engine)

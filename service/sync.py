@@ -18,7 +18,6 @@ import structlog
 from providers.base import Page, ProviderRecord, PushItem, PushResult, VenueAuth
 from service.database import jobs as jobs_db
 from service.database import outbox as outbox_db
-from service.database import relaxed_commit
 from service.errors import IntegrationError, ValidationError
 from service.messages import (
     JobCounts,
@@ -72,10 +71,13 @@ class Tally:
 class JobRunner:
     """One execution of one sync request."""
 
-    def __init__(self, deps: EngineDeps, request: SyncRequest, delivery: Delivery) -> None:
+    def __init__(self, deps: EngineDeps, request: SyncRequest, delivery: Delivery, *,
+                 previous_status: str | None = None, overrides: Any = None) -> None:
         self._d = deps
         self._r = request
         self._delivery = delivery
+        self._previous_status = previous_status
+        self._overrides = overrides
         self.attempts = 0
         self._outbox_ids: list[int] = []  # published right after the ack-worthy commit
         self.made_progress = False  # records stored this run: a retry then starts a fresh count
@@ -108,12 +110,12 @@ class JobRunner:
         return await self._finish(tally, row["started_at"])
 
     async def _start(self) -> Any:
+        """Mark the job running: one statement on the relaxed pool (a crash before the
+        outcome redoes it), after forgetting the failed records of a failed job's re-run."""
         r = self._r
-        async with self._d.pool.acquire() as conn, conn.transaction():
-            await relaxed_commit(conn)
-            previous = await jobs_db.get_job(conn, r.job_id, for_update=True)
-            if previous is not None and previous["status"] == "failed":
-                await jobs_db.clear_failed_records(conn, r.job_id)
+        if self._previous_status == "failed":
+            await jobs_db.clear_failed_records(self._d.fast, r.job_id)
+        async with self._d.fast.acquire() as conn:
             row = await jobs_db.start_job(
                 conn,
                 job_id=r.job_id,
@@ -140,6 +142,9 @@ class JobRunner:
 
     async def _override(self) -> list[dict[str, Any]] | None:
         r = self._r
+        if self._overrides is not None:
+            cached: list[dict[str, Any]] | None = await self._overrides(r.venue_id, r.provider, r.entity)
+            return cached
         return await jobs_db.get_mapping_override(self._d.pool, r.venue_id, r.provider, r.entity)
 
     # Push ----------------------------------------------------------------------------
@@ -190,8 +195,7 @@ class JobRunner:
             tally.add("failed", exc, record_id)
             if record_id is not None:
                 rows.append((record_id, "map", "failed", None, None, exc.category, exc.severity, str(exc)))
-        async with self._d.pool.acquire() as conn, conn.transaction():
-            await relaxed_commit(conn)
+        async with self._d.fast.acquire() as conn, conn.transaction():
             await jobs_db.log_records(conn, self._r.job_id, rows)
             await jobs_db.set_progress(conn, self._r.job_id, None, tally.counts)
 
@@ -239,8 +243,7 @@ class JobRunner:
                 version = content_hash(data)
                 states.append((result.external_id, item.record_id, version, None, version, False))
                 events.append(self._event(result.external_id, item.record_id, data, version))
-        async with self._d.pool.acquire() as conn, conn.transaction():
-            await relaxed_commit(conn)
+        async with self._d.fast.acquire() as conn, conn.transaction():
             await jobs_db.log_records(conn, r.job_id, log_rows)
             await jobs_db.upsert_record_states(conn, r.venue_id, r.provider, r.entity, states)
             self._outbox_ids += await outbox_db.enqueue(conn, events)
@@ -299,9 +302,8 @@ class JobRunner:
         r = self._r
         external_ids = [rec.external_id for rec in page.records]
         last = page.next_cursor is None
-        async with self._d.pool.acquire() as conn, conn.transaction():
-            if not last:  # a lost mid-job page is re-read; the last one carries the outcome
-                await relaxed_commit(conn)
+        pool = self._d.pool if last else self._d.fast  # the last page carries the outcome
+        async with pool.acquire() as conn, conn.transaction():
             known = await jobs_db.record_states(conn, r.venue_id, r.provider, r.entity, external_ids)
             states, events, log_rows = [], [], []
             for record in page.records:

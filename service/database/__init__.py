@@ -62,12 +62,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
-    """Open a pool; raise NetworkError / ConfigurationError naming the database."""
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, relaxed: bool = False) -> Pool:
+    """Open a pool; raise NetworkError / ConfigurationError naming the database.
+
+    ``relaxed=True``: every commit on it returns before its WAL is flushed (see
+    relaxed_commit); only for writes a redelivery redoes, never for an outcome before an ack.
+    """
     try:
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, init=_init_connection,
             command_timeout=COMMAND_TIMEOUT_S, timeout=CONNECT_TIMEOUT_S,
+            server_settings={"synchronous_commit": "off"} if relaxed else None,
         )
     except Exception as exc:  # translated at the boundary
         raise translate(exc, dsn) from exc
