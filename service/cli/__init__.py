@@ -79,8 +79,11 @@ def _fail(message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the status."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        return _fail("no command given; see `integration-service --help`", 2)
     try:
-        cli.main(args=argv, prog_name="integration-service", standalone_mode=False)
+        cli.main(args=args, prog_name="integration-service", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.Abort:

@@ -94,6 +94,9 @@ def show_credentials(venue: str | None, provider: str | None, as_json: bool) -> 
             return [info.as_json() for info in await vault.show(venue, provider)]
 
     rows = run_async(fetch())
+    if not rows and venue is not None:  # a venue is known to a provider by its credentials
+        at = f" at {provider}" if provider else ""
+        raise CommandError(f"unknown venue {venue!r}{at}: it has no credentials", 2)
     if as_json:
         for row in rows:
             click.echo(json.dumps(row, sort_keys=True))
