@@ -183,6 +183,27 @@ class AuthFactory:
         return VaultAuth(credential, vault=self._vault, refresher=self._refresher)
 
 
+class NoAuth:
+    """No credential at all: a health check only needs the provider to answer in its own way."""
+
+    venue_id = "health"
+    account_id = "health-check"
+    test_mode = False
+
+    def __init__(self, provider: str, **values: str) -> None:
+        self.provider = provider
+        self._values = values  # e.g. a placeholder realm_id for a path that needs one
+
+    async def headers(self) -> dict[str, str]:
+        return {}
+
+    async def on_unauthorized(self) -> bool:
+        return False
+
+    def value(self, name: str) -> str | None:
+        return self._values.get(name)
+
+
 class StaticAuth:
     """A VenueAuth over a fixed secret, for tests and one-off calls (no vault, no refresh)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from providers.auth import NoAuth
 from providers.base import Page, ParsedWebhook, ProviderRecord, PushItem, PushResult, VenueAuth
 from providers.http import ProviderHttp
 from providers.quickbooks import batch, pull
@@ -14,24 +15,6 @@ from providers.quickbooks.webhooks import parse_webhook
 from service.config import Settings
 from service.errors import AuthenticationError, DataError, UnknownEntityError
 from service.messages import VerifiedWebhook
-
-
-class _NoAuth:
-    """No credential at all: the health check only needs Intuit to answer in its own format."""
-
-    venue_id = "health"
-    provider = "quickbooks"
-    account_id = "health-check"
-    test_mode = False
-
-    async def headers(self) -> dict[str, str]:
-        return {}
-
-    async def on_unauthorized(self) -> bool:
-        return False
-
-    def value(self, name: str) -> str | None:
-        return "0" if name == "realm_id" else None
 
 
 class QuickBooksClient:
@@ -97,7 +80,7 @@ class QuickBooksClient:
     async def check_health(self) -> None:
         """Healthy when an unauthenticated read gets Intuit's own 401 answer."""
         try:
-            await self.api.call(_NoAuth(), "GET", "/companyinfo/0", operation="health_check")
+            await self.api.call(NoAuth("quickbooks", realm_id="0"), "GET", "/companyinfo/0", operation="health_check")
         except AuthenticationError:
             return  # Intuit answered, in its own format: the API is up
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 
+from providers.auth import NoAuth, StaticAuth
 from providers.base import Page, ParsedWebhook, ProviderRecord, PushItem, PushResult, VenueAuth
 from providers.http import ProviderHttp
 from providers.square import pull, push
@@ -24,24 +25,6 @@ _PULLS = {
     "locations": pull.pull_locations,
 }
 _BATCH_SIZES = {"customers": 1, "orders": 1, "inventory": push.INVENTORY_BATCH}
-
-
-class _NoAuth:
-    """No credential at all: the health check only needs Square to answer in its own format."""
-
-    venue_id = "health"
-    provider = "square"
-    account_id = "health-check"
-    test_mode = False
-
-    async def headers(self) -> dict[str, str]:
-        return {}
-
-    async def on_unauthorized(self) -> bool:
-        return False
-
-    def value(self, name: str) -> str | None:
-        return None
 
 
 class SquareClient:
@@ -139,7 +122,7 @@ class SquareClient:
     async def check_health(self) -> None:
         """Square is healthy when an unauthenticated call gets Square's own 401 error body."""
         try:
-            await self.api.call(_NoAuth(), "GET", "/locations", operation="health_check")
+            await self.api.call(NoAuth("square"), "GET", "/locations", operation="health_check")
         except AuthenticationError:
             return  # Square answered, in its own format: the API is up
 
@@ -149,7 +132,6 @@ async def fetch_merchant_id(settings: Settings, api_key: str) -> str:
 
     There is no VenueAuth yet, so the call goes through the shared helper with a one-off
     auth, a private session and an in-process limiter. Raises IntegrationError."""
-    from providers.auth import StaticAuth
     from service.limiter import MemoryBucketStore, RateLimiter
 
     fingerprint = hashlib.sha256(api_key.encode()).hexdigest()[:16]  # the limiter key, never the secret

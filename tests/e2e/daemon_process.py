@@ -176,3 +176,18 @@ def job_status(database_url: str, job_id: str) -> dict[str, Any] | None:
     row = rows[0]
     row["counts"] = json.loads(row["counts"])
     return row
+
+
+def customers_at_sandbox(sandbox: Any, key: str) -> list[dict[str, Any]]:
+    """Every customer of a Stripe account at the sandbox, through Stripe's own pagination."""
+    found: list[dict[str, Any]] = []
+    after = ""
+    while True:
+        url = f"{sandbox.url}/stripe/v1/customers?limit=100" + (f"&starting_after={after}" if after else "")
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            page = json.loads(reply.read())
+        found += page["data"]
+        if not page["has_more"]:
+            return found
+        after = page["data"][-1]["id"]

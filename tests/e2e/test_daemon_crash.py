@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from service.messages import idempotency_key
 from tests.e2e.daemon_process import (
     DaemonProcess,
     cli,
+    customers_at_sandbox,
     job_status,
     module_env,
     query,
@@ -85,21 +85,6 @@ def customer_calls(sandbox: Any, venue: str) -> list[dict[str, Any]]:
     return [
         c for c in calls if c["account"] == venue and c["method"] == "POST" and c["path"] == "/v1/customers"
     ]
-
-
-def customers_at_sandbox(sandbox: Any, key: str) -> list[dict[str, Any]]:
-    """Every customer of the account, through Stripe's own list pagination."""
-    found: list[dict[str, Any]] = []
-    after = ""
-    while True:
-        url = f"{sandbox.url}/stripe/v1/customers?limit=100" + (f"&starting_after={after}" if after else "")
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            page = json.loads(reply.read())
-        found += page["data"]
-        if not page["has_more"]:
-            return found
-        after = page["data"][-1]["id"]
 
 
 def finished(database_url: str, job_id: str) -> dict[str, Any] | None:

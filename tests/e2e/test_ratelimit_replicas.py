@@ -27,6 +27,7 @@ from service.messages import idempotency_key
 from tests.e2e.daemon_process import (
     DaemonProcess,
     cli,
+    customers_at_sandbox,
     job_status,
     module_env,
     query,
@@ -147,23 +148,6 @@ def job_seconds(database_url: str, job_id: str) -> float:
     rows = query(database_url, "SELECT extract(epoch FROM finished_at - started_at)::float8 AS s"
                  " FROM sync_jobs WHERE job_id = $1", job_id)
     return float(rows[0]["s"])
-
-
-def customers_at_sandbox(sandbox: Any, key: str) -> list[dict[str, Any]]:
-    """Every customer of the account, through Stripe's own list pagination."""
-    import urllib.request
-
-    found: list[dict[str, Any]] = []
-    after = ""
-    while True:
-        url = f"{sandbox.url}/stripe/v1/customers?limit=100" + (f"&starting_after={after}" if after else "")
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            page = json.loads(reply.read())
-        found += page["data"]
-        if not page["has_more"]:
-            return found
-        after = page["data"][-1]["id"]
 
 
 def assert_pushed_once(sandbox: Any, key: str, calls: list[dict[str, Any]], jobs: dict[str, str],
