@@ -56,10 +56,8 @@ class AmqpPublisher:
         )
         try:
             exchange = await self._exchange(message.exchange)
-            confirmation = await asyncio.wait_for(
-                exchange.publish(amqp_message, routing_key=message.routing_key, timeout=timeout_s),
-                timeout=timeout_s,
-            )
+            async with asyncio.timeout(timeout_s):  # no task per publish, unlike wait_for
+                confirmation = await exchange.publish(amqp_message, routing_key=message.routing_key)
         except TimeoutError as exc:
             raise NetworkError(f"no publisher confirm within {timeout_s:g}s") from exc
         except Exception as exc:  # aiormq / connection errors
