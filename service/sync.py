@@ -355,7 +355,7 @@ class JobRunner:
             )
             if unchanged or older:
                 return "skipped", None, None
-        platform_id = (known["platform_id"] if known is not None else None) or _platform_id(data)
+        platform_id = (known["platform_id"] if known is not None else None) or platform_id_of(data)
         version = record.version or digest
         state = (record.external_id, platform_id, version, record.updated_at, digest, record.deleted)
         event = self._event(
@@ -429,7 +429,8 @@ class JobRunner:
         return status, tuple(self._outbox_ids)
 
 
-def _platform_id(data: dict[str, Any]) -> str | None:
+def platform_id_of(data: dict[str, Any]) -> str | None:
+    """The platform id a mapped record carries, if any."""
     value = data.get("id")
     return str(value) if value not in (None, "") else None
 

@@ -38,7 +38,7 @@ from service.messages import (
     utcnow,
 )
 from service.ports import Delivery, Outcome
-from service.sync import content_hash
+from service.sync import content_hash, platform_id_of
 
 log = structlog.get_logger(__name__)
 
@@ -153,7 +153,7 @@ class WebhookProcessor:
                 return []
             digest = content_hash(data)
             version = (record.version if record else None) or change.event_id
-            platform_id = (known["platform_id"] if known else None) or _platform_id(data)
+            platform_id = (known["platform_id"] if known else None) or platform_id_of(data)
             await jobs_db.upsert_record_states(
                 conn,
                 venue_id,
@@ -193,11 +193,6 @@ class WebhookProcessor:
             ids = await outbox_db.enqueue(conn, [message])
         self._d.metrics.retries.labels(webhook.provider, error.category).inc()
         return Outcome("retry", status="pending", outbox_ids=tuple(ids), category=error.category)
-
-
-def _platform_id(data: dict[str, Any]) -> str | None:
-    value = data.get("id")
-    return str(value) if value not in (None, "") else None
 
 
 async def prune_dedupe(pool: Any, *, older_than_s: float = DEDUPE_RETENTION_S) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -42,6 +42,13 @@ def load() -> config.Settings:
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine on a fresh event loop."""
     return asyncio.run(coro)
+
+
+def format_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """Left-aligned columns two spaces apart, the header first, for a person to read."""
+    table = [tuple(header), *(tuple(row) for row in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in table]
 
 
 def exit_code_for(exc: IntegrationError) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from service.cli import CommandError, load, run_async
+from service.cli import CommandError, format_table, load, run_async
 from service.config import PROVIDERS
 from service.vault import KINDS, Vault
 
@@ -105,13 +105,11 @@ def show_credentials(venue: str | None, provider: str | None, as_json: bool) -> 
         click.echo("no credentials", err=True)
         return
     header = ("VENUE", "PROVIDER", "KIND", "VERSION", "STATUS", "EXPIRES", "LAST USED")
-    table = [header] + [
+    for line in format_table(header, [
         (r["venue_id"], r["provider"], r["kind"], str(r["version"]), r["status"],
          r["expires_at"] or "-", r["last_used_at"] or "-") for r in rows
-    ]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    for line in table:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    ]):
+        click.echo(line)
 
 
 @credentials.command("delete")

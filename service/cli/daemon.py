@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from service.cli import CommandError, load, run_async
+from service.cli import CommandError, format_table, load, run_async
 from service.config import PROVIDERS
 
 PROVIDER = click.Choice(PROVIDERS)
@@ -258,10 +258,8 @@ def _table(header: list[str], rows: list[list[str]]) -> None:
     if not rows:
         click.echo("nothing to show", err=True)
         return
-    table = [header, *rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    for line in table:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    for line in format_table(header, rows):
+        click.echo(line)
 
 
 COMMANDS = [run, sync, jobs]

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from service.cli import CommandError, load, run_async
+from service.cli import CommandError, format_table, load, run_async
 from service.cli.demo_stack import DEMO_CLIENTS, Stack
 
 PROVIDERS = ("stripe", "square", "quickbooks", "mailchimp")
@@ -368,9 +368,7 @@ async def _scenario(settings: Any, stack: Stack) -> tuple[list[Row], int]:
 
 def _table(rows: list[Row], dead: int) -> str:
     header = ("PROVIDER", "VENUE", "PUSH", "PULL", "WEBHOOK", "RECORD EVENTS")
-    lines = [header] + [(r.provider, r.venue, r.push, r.pull, r.webhook, str(r.events)) for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
+    out = format_table(header, [(r.provider, r.venue, r.push, r.pull, r.webhook, str(r.events)) for r in rows])
     out.append(f"dead letters: {dead}")
     for row in rows:
         out += [f"  {row.provider}: {note}" for note in row.notes]
