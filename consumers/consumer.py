@@ -124,7 +124,7 @@ class QueueConsumer:
             return
         self._infra_failures = 0
         try:
-            await self._relay.publish_ids(outcome.outbox_ids)
+            await self._relay.publish_stored(outcome.outbox)
         except Exception as exc:  # committed: the relay loop publishes it later
             log.warning("inline_publish_failed", error=f"{exc.__class__.__name__}: {exc}")
         await message.ack()

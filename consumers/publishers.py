@@ -17,7 +17,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, DeliveryMode
 from consumers import topology
 from service.database import outbox as outbox_db
 from service.database import relaxed_commit
-from service.database.outbox import OutboxMessage
+from service.database.outbox import OutboxMessage, StoredMessage
 from service.errors import NetworkError
 from service.messages import JobResult, RecordEvent, SyncRequest, VerifiedWebhook, utcnow
 from service.ports import Delivery
@@ -202,14 +202,14 @@ class OutboxRelay:
         self._sent: list[int] = []  # published inline, to be marked in the next batch
         self.wakeup = asyncio.Event()
 
-    async def publish_ids(self, ids: tuple[int, ...] | list[int]) -> None:
-        """Publish these just-committed rows now (one read, no lock); their published marks
-        are written in bulk by the relay loop. A crash before the mark republishes them:
-        at-least-once, as everywhere."""
-        if not ids:
-            return
-        stored = await outbox_db.fetch_due_ids(self._pool, list(ids))
-        self._sent += await self._publish(stored)
+    async def publish_stored(self, stored: tuple[StoredMessage, ...] | list[StoredMessage]) -> None:
+        """Publish these just-committed rows now, from memory (scheduled retries wait for
+        the relay loop); their published marks are written in bulk by the relay loop. A
+        crash before the mark republishes them: at-least-once, as everywhere."""
+        now = utcnow()
+        due = [item for item in stored if outbox_db.is_due(item, now)]
+        if due:
+            self._sent += await self._publish(due)
 
     async def _publish(self, stored: list[outbox_db.StoredMessage]) -> list[int]:
         """Publish with confirms; return the ids that were confirmed."""

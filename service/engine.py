@@ -139,16 +139,16 @@ class Engine:
         row = await jobs_db.get_job(self._d.pool, job_id)
         if row is None or row["status"] not in ("succeeded", "partial"):
             return None, None if row is None else row["status"]
-        ids: list[int] = []
+        stored: list[outbox_db.StoredMessage] = []
         if delivery.reply_to and row["result"]:
             result = JobResult.model_validate(row["result"])
             message = self._d.routes.reply(
                 result, reply_to=delivery.reply_to, correlation_id=delivery.correlation_id
             )
             async with self._d.pool.acquire() as conn, conn.transaction():
-                ids = await outbox_db.enqueue(conn, [message])
+                stored = await outbox_db.enqueue(conn, [message])
         log.info("sync_duplicate", status=row["status"])
-        return Outcome("duplicate", status=row["status"], outbox_ids=tuple(ids)), row["status"]
+        return Outcome("duplicate", status=row["status"], outbox=tuple(stored)), row["status"]
 
     async def _validate(self, raw: dict[str, Any], delivery: Delivery) -> SyncRequest:
         from service.entities import check_supported
@@ -199,7 +199,7 @@ class Engine:
         runner = JobRunner(self._d, request, delivery, previous_status=previous, overrides=self._override)
         started = utcnow()
         try:
-            status, ids = await runner.run()
+            status, stored = await runner.run()
         except RetryLater as exc:
             attempts = 1 if runner.made_progress else runner.attempts
             return await self._retry_or_give_up(request, delivery, exc.error, attempts)
@@ -212,7 +212,7 @@ class Engine:
             return await self.dead_letter(delivery, classify(exc), raw=request.model_dump(by_alias=True))
         elapsed = (utcnow() - started).total_seconds()
         self._d.metrics.job_duration.labels(request.provider, request.entity, status).observe(elapsed)
-        return Outcome("done", status=status, outbox_ids=ids)
+        return Outcome("done", status=status, outbox=stored)
 
     async def _retry_or_give_up(
         self, request: SyncRequest, delivery: Delivery, error: IntegrationError, attempts: int
@@ -240,7 +240,7 @@ class Engine:
                 attempts - 1 if local_wait else attempts,
             )
             await jobs_db.set_pending_retry(conn, request.job_id, str(error))
-            ids = await outbox_db.enqueue(conn, [message])
+            stored = await outbox_db.enqueue(conn, [message])
         self._d.metrics.retries.labels(request.provider, error.category).inc()
         log.info(
             "sync_retry_scheduled",
@@ -249,7 +249,7 @@ class Engine:
             category=error.category,
             error=str(error),
         )
-        return Outcome("retry", status="pending", outbox_ids=tuple(ids), category=error.category)
+        return Outcome("retry", status="pending", outbox=tuple(stored), category=error.category)
 
     async def dead_letter(
         self, delivery: Delivery, error: IntegrationError, *, raw: dict[str, Any] | None
@@ -261,7 +261,7 @@ class Engine:
             delivery, reason=reason, category=error.category, severity=error.severity
         )
         async with self._d.pool.acquire() as conn, conn.transaction():
-            stored = await outbox_db.store_dead_letter(
+            dead_letter_id = await outbox_db.store_dead_letter(
                 conn,
                 message_id=delivery.message_id,
                 job_id=job_id,
@@ -274,10 +274,10 @@ class Engine:
                 category=error.category,
                 severity=error.severity,
             )
-            messages = [message] if stored is not None else []
+            messages = [message] if dead_letter_id is not None else []
             if job_id is not None:
                 messages += await self._fail_job(conn, job_id, raw or {}, error, delivery)
-            ids = await outbox_db.enqueue(conn, messages)
+            stored = await outbox_db.enqueue(conn, messages)
         queue = (
             "integration.webhook-events"
             if delivery.routing_key.startswith("webhook.")
@@ -285,7 +285,7 @@ class Engine:
         )
         self._d.metrics.dead_lettered.labels(queue=queue, category=error.category).inc()
         log.warning("message_dead_lettered", reason=reason, category=error.category)
-        return Outcome("dead_lettered", status="failed", outbox_ids=tuple(ids), category=error.category)
+        return Outcome("dead_lettered", status="failed", outbox=tuple(stored), category=error.category)
 
     async def _fail_job(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from service.database.outbox import OutboxMessage
+from service.database.outbox import OutboxMessage, StoredMessage
 from service.messages import JobResult, RecordEvent, SyncRequest, VerifiedWebhook
 
 
@@ -75,5 +75,5 @@ class Outcome:
 
     kind: Literal["done", "duplicate", "retry", "dead_lettered"]
     status: str | None = None  # the job status, or the webhook result, for metrics
-    outbox_ids: tuple[int, ...] = ()
+    outbox: tuple[StoredMessage, ...] = ()  # committed rows to publish before the ack
     category: str | None = None

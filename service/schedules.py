@@ -75,8 +75,8 @@ async def delete(pool: Any, *, venue_id: str, provider: str, entity: str) -> int
     return int(result.split()[-1])
 
 
-async def publish_due(pool: Any, routes: Any, *, limit: int = 100) -> list[int]:
-    """Claim due schedules, enqueue their sync requests, move them on; return outbox ids."""
+async def publish_due(pool: Any, routes: Any, *, limit: int = 100) -> list[Any]:
+    """Claim due schedules, enqueue their sync requests, move them on; return the outbox rows."""
     from service.database import outbox as outbox_db
 
     async with pool.acquire() as conn, conn.transaction():
@@ -123,10 +123,10 @@ async def schedule_loop(pool: Any, routes: Any, relay: Any, stop: asyncio.Event)
     """The daemon's schedule publisher (lifecycle starts it beside the relay)."""
     while not stop.is_set():
         try:
-            ids = await publish_due(pool, routes)
-            if ids:
-                log.info("schedules_published", count=len(ids))
-                await relay.publish_ids(ids)
+            stored = await publish_due(pool, routes)
+            if stored:
+                log.info("schedules_published", count=len(stored))
+                await relay.publish_stored(stored)
         except Exception as exc:
             log.warning("schedule_loop_error", error=f"{exc.__class__.__name__}: {exc}")
         try:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+Announced = tuple[outbox_db.StoredMessage, ...]  # committed outbox rows to publish after the ack-worthy commit
+
 
 def content_hash(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
@@ -79,12 +81,12 @@ class JobRunner:
         self._previous_status = previous_status
         self._overrides = overrides
         self.attempts = 0
-        self._outbox_ids: list[int] = []  # published right after the ack-worthy commit
+        self._outbox: list[outbox_db.StoredMessage] = []  # published right after the ack-worthy commit
         self.made_progress = False  # records stored this run: a retry then starts a fresh count
         self.finished: str | None = None  # the final status, once stored
         self._started_at: Any = None
 
-    async def run(self) -> tuple[str, tuple[int, ...]]:
+    async def run(self) -> tuple[str, Announced]:
         """Run the job to its end; return (status, outbox ids). Raises RetryLater."""
         from service.engine import RetryLater
 
@@ -106,7 +108,7 @@ class JobRunner:
                 raise RetryLater(exc) from exc
             raise
         if self.finished is not None:  # the last page's transaction stored the result
-            return self.finished, tuple(self._outbox_ids)
+            return self.finished, tuple(self._outbox)
         return await self._finish(tally, row["started_at"])
 
     async def _start(self) -> Any:
@@ -246,7 +248,7 @@ class JobRunner:
         async with self._d.fast.acquire() as conn, conn.transaction():
             await jobs_db.log_records(conn, r.job_id, log_rows)
             await jobs_db.upsert_record_states(conn, r.venue_id, r.provider, r.entity, states)
-            self._outbox_ids += await outbox_db.enqueue(conn, events)
+            self._outbox += await outbox_db.enqueue(conn, events)
             self.made_progress = self.made_progress or bool(log_rows or states)
             await jobs_db.set_progress(conn, r.job_id, None, tally.counts)
         if transient is not None:
@@ -332,7 +334,7 @@ class JobRunner:
                     events.append(event)
             await jobs_db.log_records(conn, r.job_id, log_rows)
             await jobs_db.upsert_record_states(conn, r.venue_id, r.provider, r.entity, states)
-            self._outbox_ids += await outbox_db.enqueue(conn, events)
+            self._outbox += await outbox_db.enqueue(conn, events)
             self.made_progress = True  # the page and its cursor are stored
             if page.resume_cursor is not None:
                 await jobs_db.put_cursor(conn, r.venue_id, r.provider, r.entity, page.resume_cursor)
@@ -395,10 +397,10 @@ class JobRunner:
         from service.engine import finish
 
         messages = await finish(conn, self._d.routes, result, self._delivery)
-        self._outbox_ids += await outbox_db.enqueue(conn, messages)
+        self._outbox += await outbox_db.enqueue(conn, messages)
         self.finished = result.status
 
-    async def _finish(self, tally: Tally, started_at: Any, conn: Any = None) -> tuple[str, tuple[int, ...]]:
+    async def _finish(self, tally: Tally, started_at: Any, conn: Any = None) -> tuple[str, Announced]:
         """Store the job's result (in ``conn``'s transaction when given) and announce it."""
         r = self._r
         counts = tally.job_counts()
@@ -426,7 +428,7 @@ class JobRunner:
                     tally.counts[outcome]
                 )
         log.info("sync_finished", status=status, **tally.counts)
-        return status, tuple(self._outbox_ids)
+        return status, tuple(self._outbox)
 
 
 def platform_id_of(data: dict[str, Any]) -> str | None:

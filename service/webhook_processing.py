@@ -63,12 +63,12 @@ class WebhookProcessor:
         try:
             parsed = self._d.clients[webhook.provider].parse_webhook(webhook, body)
             venue_id = await self._venue(webhook, parsed)
-            ids = await self._apply(webhook, venue_id, parsed)
+            stored = await self._apply(webhook, venue_id, parsed)
         except IntegrationError as exc:
             if exc.retryable:
                 return await self._retry(delivery, webhook, exc)
             return await self._engine.dead_letter(delivery, exc, raw=None)
-        return Outcome("done", status="succeeded", outbox_ids=tuple(ids))
+        return Outcome("done", status="succeeded", outbox=tuple(stored))
 
     def _parse(self, delivery: Delivery) -> tuple[VerifiedWebhook, bytes]:
         try:
@@ -101,10 +101,10 @@ class WebhookProcessor:
             raise ConfigurationError(f"no venue holds {webhook.provider} {key.replace('_', ' ')} {account}")
         return venue
 
-    async def _apply(self, webhook: VerifiedWebhook, venue_id: str, parsed: ParsedWebhook) -> list[int]:
+    async def _apply(self, webhook: VerifiedWebhook, venue_id: str, parsed: ParsedWebhook) -> list[outbox_db.StoredMessage]:
         from service.entities import SUPPORTED
 
-        ids: list[int] = []
+        stored: list[outbox_db.StoredMessage] = []
         for change in parsed.changes:
             if (webhook.provider, change.entity, "pull") not in SUPPORTED:
                 log.info("webhook_change_ignored", entity=change.entity)
@@ -115,8 +115,8 @@ class WebhookProcessor:
             record = change.record
             if record is None and change.op != "deleted":
                 record = await self._fetch(webhook.provider, venue_id, change)
-            ids += await self._store(webhook, venue_id, change, record)
-        return ids
+            stored += await self._store(webhook, venue_id, change, record)
+        return stored
 
     async def _seen(self, provider: str, event_id: str) -> bool:
         found = await self._d.pool.fetchval(
@@ -130,7 +130,7 @@ class WebhookProcessor:
 
     async def _store(
         self, webhook: VerifiedWebhook, venue_id: str, change: WebhookChange, record: ProviderRecord | None
-    ) -> list[int]:
+    ) -> list[outbox_db.StoredMessage]:
         from service.mapping import effective_mapping, to_platform
 
         provider = webhook.provider
@@ -190,9 +190,9 @@ class WebhookProcessor:
         )
         message = self._d.routes.retry(delivery, attempt=attempt, delay_s=delay)
         async with self._d.pool.acquire() as conn, conn.transaction():
-            ids = await outbox_db.enqueue(conn, [message])
+            stored = await outbox_db.enqueue(conn, [message])
         self._d.metrics.retries.labels(webhook.provider, error.category).inc()
-        return Outcome("retry", status="pending", outbox_ids=tuple(ids), category=error.category)
+        return Outcome("retry", status="pending", outbox=tuple(stored), category=error.category)
 
 
 async def prune_dedupe(pool: Any, *, older_than_s: float = DEDUPE_RETENTION_S) -> int:

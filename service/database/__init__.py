@@ -62,6 +62,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release a pooled connection without asyncpg's reset query (one round trip per release).
+
+    asyncpg still rolls back a transaction left open; beyond that our code keeps no session
+    state on pooled connections: no LISTEN, no session advisory lock (only
+    ``pg_advisory_xact_lock``), no ``SET`` but ``SET LOCAL``, no open cursors outside a
+    transaction. tests/integration/test_database.py checks that a released connection comes
+    back clean.
+    """
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, relaxed: bool = False) -> Pool:
     """Open a pool; raise NetworkError / ConfigurationError naming the database.
 
@@ -71,7 +82,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, relaxe
     try:
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, init=_init_connection,
-            command_timeout=COMMAND_TIMEOUT_S, timeout=CONNECT_TIMEOUT_S,
+            command_timeout=COMMAND_TIMEOUT_S, timeout=CONNECT_TIMEOUT_S, reset=_keep_session,
             server_settings={"synchronous_commit": "off"} if relaxed else None,
         )
     except Exception as exc:  # translated at the boundary

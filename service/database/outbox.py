@@ -31,27 +31,42 @@ class StoredMessage:
     message: OutboxMessage
 
 
-async def enqueue(conn: asyncpg.Connection, messages: list[OutboxMessage]) -> list[int]:
-    """Insert messages in the caller's transaction; return their row ids (existing ids kept)."""
-    ids: list[int] = []
-    for m in messages:
-        row_id = await conn.fetchval(
-            """INSERT INTO outbox (exchange, routing_key, message_id, correlation_id, headers,
-                   reply_to, body, available_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8, now()))
-               ON CONFLICT (message_id) DO UPDATE SET message_id = EXCLUDED.message_id
-               RETURNING id""",
-            m.exchange,
-            m.routing_key,
-            m.message_id,
-            m.correlation_id,
-            m.headers,
-            m.reply_to,
-            m.body,
-            m.available_at,
-        )
-        ids.append(row_id)
-    return ids
+async def enqueue(conn: asyncpg.Connection, messages: list[OutboxMessage]) -> list[StoredMessage]:
+    """Insert messages in the caller's transaction, in one statement; return the rows still
+    to publish, in order: new ones, and earlier ones with the same message id not yet
+    published (a redone page re-announces nothing that already went out)."""
+    messages = list({m.message_id: m for m in messages}.values())  # one row per message id
+    if not messages:
+        return []
+    rows = await conn.fetch(
+        """INSERT INTO outbox (exchange, routing_key, message_id, correlation_id, headers,
+               reply_to, body, available_at)
+           SELECT e, r, m, c, h, t, b, COALESCE(a, now())
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
+                       $7::bytea[], $8::timestamptz[]) AS u(e, r, m, c, h, t, b, a)
+           ON CONFLICT (message_id) DO UPDATE SET message_id = EXCLUDED.message_id
+           RETURNING id, message_id, published_at IS NULL AS pending""",
+        [m.exchange for m in messages],
+        [m.routing_key for m in messages],
+        [m.message_id for m in messages],
+        [m.correlation_id for m in messages],
+        [m.headers for m in messages],
+        [m.reply_to for m in messages],
+        [m.body for m in messages],
+        [m.available_at for m in messages],
+    )
+    by_message_id = {row["message_id"]: row for row in rows}
+    stored = []
+    for message in messages:
+        row = by_message_id[message.message_id]
+        if row["pending"]:
+            stored.append(StoredMessage(row["id"], message))
+    return stored
+
+
+def is_due(stored: StoredMessage, now: datetime) -> bool:
+    """Publish now (not a retry scheduled for later)?"""
+    return stored.message.available_at is None or stored.message.available_at <= now
 
 
 def _stored(row: asyncpg.Record) -> StoredMessage:
@@ -83,18 +98,6 @@ async def claim_due(conn: asyncpg.Connection, *, limit: int) -> list[StoredMessa
            ORDER BY available_at, id LIMIT $1 FOR UPDATE SKIP LOCKED""",
         limit,
         INLINE_GRACE_S,
-    )
-    return [_stored(r) for r in rows]
-
-
-async def fetch_due_ids(conn: Conn, ids: list[int]) -> list[StoredMessage]:
-    """These rows if still unpublished and due, without a lock: the relay loop leaves fresh
-    rows to the consumer that made them (claim_due's grace)."""
-    rows = await conn.fetch(
-        """SELECT id, exchange, routing_key, message_id, correlation_id, headers, reply_to, body
-           FROM outbox WHERE id = ANY($1::bigint[]) AND published_at IS NULL
-             AND available_at <= now() ORDER BY id""",
-        ids,
     )
     return [_stored(r) for r in rows]
 

@@ -42,7 +42,7 @@ async def test_concurrent_publishers_publish_each_due_time_once(
     """Five concurrent publish passes (as from five daemons) enqueue the due pull once."""
     await upsert(pool, venue_id=venue_id, provider="stripe", entity="customers", every_s=600, options={})
     results = await asyncio.gather(*(publish_due(pool, MessageRoutes()) for _ in range(5)))
-    ids = [i for batch in results for i in batch]
+    ids = [stored.id for batch in results for stored in batch]
     bodies = await pool.fetch("SELECT body FROM outbox WHERE id = ANY($1::bigint[])", ids)
     mine = [
         json.loads(bytes(b["body"])) for b in bodies if json.loads(bytes(b["body"]))["venue_id"] == venue_id
