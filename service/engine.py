@@ -55,6 +55,15 @@ AuthFactory = Callable[[str, str], Awaitable[VenueAuth]]
 KNOWN_VENUE_TTL_S = 5.0
 
 
+class AlreadyFinished(Exception):
+    """Raised by a job runner when the job_id already succeeded (or ended partial)."""
+
+    def __init__(self, status: str, result: dict[str, Any] | None) -> None:
+        super().__init__(status)
+        self.status = status
+        self.result = result
+
+
 class RetryLater(Exception):
     """Raised by a job runner for a transient failure: retry the whole request later."""
 
@@ -123,32 +132,28 @@ class Engine:
             venue_id=raw.get("venue_id"),
             provider=raw.get("provider"),
         )
-        previous: str | None = None
-        if job_id is not None:
-            duplicate, previous = await self._duplicate(job_id, delivery)
-            if duplicate is not None:
-                return duplicate
         try:
             request = await self._validate(raw, delivery)
         except IntegrationError as exc:
+            if job_id is not None:  # a finished job is acknowledged, whatever its body says now
+                row = await jobs_db.get_job(self._d.pool, job_id)
+                if row is not None and row["status"] in ("succeeded", "partial"):
+                    return await self._duplicate(row["status"], row["result"], delivery)
             return await self.dead_letter(delivery, exc, raw=raw)
-        return await self._run(request, delivery, previous)
+        return await self._run(request, delivery)
 
-    async def _duplicate(self, job_id: str, delivery: Delivery) -> tuple[Outcome | None, str | None]:
-        """(the duplicate's outcome, or None to run it; the job's stored status)."""
-        row = await jobs_db.get_job(self._d.pool, job_id)
-        if row is None or row["status"] not in ("succeeded", "partial"):
-            return None, None if row is None else row["status"]
+    async def _duplicate(self, status: str, stored_result: dict[str, Any] | None, delivery: Delivery) -> Outcome:
+        """A finished job seen again: nothing runs; its stored result goes to reply_to."""
         stored: list[outbox_db.StoredMessage] = []
-        if delivery.reply_to and row["result"]:
-            result = JobResult.model_validate(row["result"])
+        if delivery.reply_to and stored_result:
+            result = JobResult.model_validate(stored_result)
             message = self._d.routes.reply(
                 result, reply_to=delivery.reply_to, correlation_id=delivery.correlation_id
             )
             async with self._d.pool.acquire() as conn, conn.transaction():
                 stored = await outbox_db.enqueue(conn, [message])
-        log.info("sync_duplicate", status=row["status"])
-        return Outcome("duplicate", status=row["status"], outbox=tuple(stored)), row["status"]
+        log.info("sync_duplicate", status=status)
+        return Outcome("duplicate", status=status, outbox=tuple(stored))
 
     async def _validate(self, raw: dict[str, Any], delivery: Delivery) -> SyncRequest:
         from service.entities import check_supported
@@ -193,13 +198,15 @@ class Engine:
             self._known[(venue_id, provider)] = now + KNOWN_VENUE_TTL_S
         return known
 
-    async def _run(self, request: SyncRequest, delivery: Delivery, previous: str | None) -> Outcome:
+    async def _run(self, request: SyncRequest, delivery: Delivery) -> Outcome:
         from service.sync import JobRunner
 
-        runner = JobRunner(self._d, request, delivery, previous_status=previous, overrides=self._override)
+        runner = JobRunner(self._d, request, delivery, overrides=self._override)
         started = utcnow()
         try:
             status, stored = await runner.run()
+        except AlreadyFinished as done:
+            return await self._duplicate(done.status, done.result, delivery)
         except RetryLater as exc:
             attempts = 1 if runner.made_progress else runner.attempts
             return await self._retry_or_give_up(request, delivery, exc.error, attempts)

@@ -74,11 +74,10 @@ class JobRunner:
     """One execution of one sync request."""
 
     def __init__(self, deps: EngineDeps, request: SyncRequest, delivery: Delivery, *,
-                 previous_status: str | None = None, overrides: Any = None) -> None:
+                 overrides: Any = None) -> None:
         self._d = deps
         self._r = request
         self._delivery = delivery
-        self._previous_status = previous_status
         self._overrides = overrides
         self.attempts = 0
         self._outbox: list[outbox_db.StoredMessage] = []  # published right after the ack-worthy commit
@@ -113,25 +112,32 @@ class JobRunner:
 
     async def _start(self) -> Any:
         """Mark the job running: one statement on the relaxed pool (a crash before the
-        outcome redoes it), after forgetting the failed records of a failed job's re-run."""
+        outcome redoes it) that also forgets the failed records of a failed job's re-run.
+        Raises AlreadyFinished for a job that succeeded (or ended partial) before."""
+        from service.engine import AlreadyFinished
+
         r = self._r
-        if self._previous_status == "failed":
-            await jobs_db.clear_failed_records(self._d.fast, r.job_id)
-        async with self._d.fast.acquire() as conn:
-            row = await jobs_db.start_job(
-                conn,
-                job_id=r.job_id,
-                venue_id=r.venue_id,
-                provider=r.provider,
-                entity=r.entity,
-                direction=r.direction,
-                mode=r.mode,
-                options=r.options,
-                message_id=self._delivery.message_id,
-                reply_to=self._delivery.reply_to,
-                correlation_id=self._delivery.correlation_id,
-                count_attempt=True,
-            )
+        row = await jobs_db.start_job(
+            self._d.fast,
+            job_id=r.job_id,
+            venue_id=r.venue_id,
+            provider=r.provider,
+            entity=r.entity,
+            direction=r.direction,
+            mode=r.mode,
+            options=r.options,
+            message_id=self._delivery.message_id,
+            reply_to=self._delivery.reply_to,
+            correlation_id=self._delivery.correlation_id,
+            count_attempt=True,
+        )
+        if row["job_id"] is None:
+            status, result = row["previous_status"], row["previous_result"]
+            if status not in ("succeeded", "partial"):  # it finished between our read and write
+                fresh = await jobs_db.get_job(self._d.pool, r.job_id)
+                assert fresh is not None  # jobs are never deleted while their messages flow
+                status, result = fresh["status"], fresh["result"]
+            raise AlreadyFinished(status, result)
         self.attempts = row["attempts"]
         self._started_at = row["started_at"]
         log.info("sync_started", entity=r.entity, direction=r.direction, mode=r.mode, attempt=self.attempts)

@@ -101,7 +101,9 @@ class WebhookProcessor:
             raise ConfigurationError(f"no venue holds {webhook.provider} {key.replace('_', ' ')} {account}")
         return venue
 
-    async def _apply(self, webhook: VerifiedWebhook, venue_id: str, parsed: ParsedWebhook) -> list[outbox_db.StoredMessage]:
+    async def _apply(
+        self, webhook: VerifiedWebhook, venue_id: str, parsed: ParsedWebhook
+    ) -> list[outbox_db.StoredMessage]:
         from service.entities import SUPPORTED
 
         stored: list[outbox_db.StoredMessage] = []

@@ -23,7 +23,7 @@ async def get_job(conn: Conn, job_id: str, *, for_update: bool = False) -> async
 
 
 async def start_job(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     job_id: str,
     venue_id: str,
@@ -37,27 +37,42 @@ async def start_job(
     correlation_id: str | None,
     count_attempt: bool,
 ) -> asyncpg.Record:
-    """Create the job or mark it running again; a re-run of a failed job starts clean."""
+    """Create the job or mark it running again, in one statement; a re-run of a failed job
+    starts clean (its failed record outcomes are forgotten, so they are tried again).
+
+    A job already succeeded or partial is left alone: the row's job columns are then NULL
+    and ``previous_status`` / ``previous_result`` say how it ended (a duplicate)."""
     return await conn.fetchrow(
         f"""
-        INSERT INTO sync_jobs (job_id, venue_id, provider, entity, direction, mode, options,
-            message_id, reply_to, correlation_id, status, attempts, started_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'running', CASE WHEN $11 THEN 1 ELSE 0 END, now())
-        ON CONFLICT (job_id) DO UPDATE SET
-            status = 'running',
-            attempts = CASE WHEN sync_jobs.status = 'failed' THEN 1
-                            ELSE sync_jobs.attempts + CASE WHEN $11 THEN 1 ELSE 0 END END,
-            counts = CASE WHEN sync_jobs.status = 'failed' THEN
-                '{{"processed":0,"created":0,"updated":0,"skipped":0,"failed":0}}'::jsonb
-                ELSE sync_jobs.counts END,
-            errors = CASE WHEN sync_jobs.status = 'failed' THEN '[]'::jsonb ELSE sync_jobs.errors END,
-            result = NULL, finished_at = NULL,
-            started_at = COALESCE(sync_jobs.started_at, now()),
-            message_id = EXCLUDED.message_id,
-            reply_to = COALESCE(EXCLUDED.reply_to, sync_jobs.reply_to),
-            correlation_id = COALESCE(EXCLUDED.correlation_id, sync_jobs.correlation_id),
-            updated_at = now()
-        RETURNING {JOB_COLUMNS}
+        WITH previous AS (
+            SELECT status, result FROM sync_jobs WHERE job_id = $1
+        ), cleared AS (
+            DELETE FROM sync_record_log
+            WHERE job_id = $1 AND outcome = 'failed'
+              AND EXISTS (SELECT 1 FROM previous WHERE status = 'failed')
+        ), started AS (
+            INSERT INTO sync_jobs (job_id, venue_id, provider, entity, direction, mode, options,
+                message_id, reply_to, correlation_id, status, attempts, started_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'running', CASE WHEN $11 THEN 1 ELSE 0 END, now())
+            ON CONFLICT (job_id) DO UPDATE SET
+                status = 'running',
+                attempts = CASE WHEN sync_jobs.status = 'failed' THEN 1
+                                ELSE sync_jobs.attempts + CASE WHEN $11 THEN 1 ELSE 0 END END,
+                counts = CASE WHEN sync_jobs.status = 'failed' THEN
+                    '{{"processed":0,"created":0,"updated":0,"skipped":0,"failed":0}}'::jsonb
+                    ELSE sync_jobs.counts END,
+                errors = CASE WHEN sync_jobs.status = 'failed' THEN '[]'::jsonb ELSE sync_jobs.errors END,
+                result = NULL, finished_at = NULL,
+                started_at = COALESCE(sync_jobs.started_at, now()),
+                message_id = EXCLUDED.message_id,
+                reply_to = COALESCE(EXCLUDED.reply_to, sync_jobs.reply_to),
+                correlation_id = COALESCE(EXCLUDED.correlation_id, sync_jobs.correlation_id),
+                updated_at = now()
+            WHERE sync_jobs.status NOT IN ('succeeded', 'partial')
+            RETURNING {JOB_COLUMNS}
+        )
+        SELECT started.*, previous.status AS previous_status, previous.result AS previous_result
+        FROM (SELECT 1) AS one LEFT JOIN started ON true LEFT JOIN previous ON true
         """,
         job_id,
         venue_id,
@@ -71,11 +86,6 @@ async def start_job(
         correlation_id,
         count_attempt,
     )
-
-
-async def clear_failed_records(conn: asyncpg.Connection, job_id: str) -> None:
-    """Forget failed record outcomes so a re-run of a failed job tries them again."""
-    await conn.execute("DELETE FROM sync_record_log WHERE job_id = $1 AND outcome = 'failed'", job_id)
 
 
 async def set_progress(

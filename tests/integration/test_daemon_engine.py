@@ -66,6 +66,38 @@ async def test_same_job_id_twice_runs_once_and_replies_with_stored_result(
     assert 1 == len([c for c in daemon.provider.calls if c[0] == "push"])
 
 
+async def test_a_failed_job_sent_again_runs_again_and_retries_its_failed_records(
+    daemon: Harness, venue_id: str
+) -> None:
+    """Only succeeded and partial jobs are duplicates: a failed job_id sent again runs, its
+    failed record outcomes forgotten; a finished one sent again with a body that no longer
+    validates (here: a routing key that does not match) is still a duplicate, not a dead letter."""
+    await daemon.credential(venue_id)
+    daemon.provider.failing_records.add("cust-1")
+    request = push(venue_id, [customer(1)])
+    await daemon.request(request)
+    assert "failed" == (await eventually(lambda: daemon.finished(request.job_id)))["status"]
+    daemon.provider.failing_records.clear()
+    await daemon.request(request)
+
+    async def succeeded() -> Any:
+        row = await daemon.job(request.job_id)
+        return row if row is not None and row["status"] == "succeeded" else None
+
+    row = await eventually(succeeded)
+    assert (1, 0, 1) == (row["counts"]["created"], row["counts"]["failed"], row["attempts"])
+    outcomes = await daemon.pool.fetch(
+        "SELECT outcome FROM sync_record_log WHERE job_id = $1", request.job_id
+    )
+    assert ["created"] == [r["outcome"] for r in outcomes]
+
+    reply_queue = await (await daemon.connection.channel()).declare_queue(exclusive=True)
+    await daemon.publish(request.to_json_bytes(), "sync.stripe.products", reply_to=reply_queue.name)
+    reply = await eventually(lambda: reply_queue.get(fail=False), what="reply")
+    assert "succeeded" == json.loads(reply.body)["status"]
+    assert 0 == await daemon.pool.fetchval("SELECT count(*) FROM dead_letters WHERE job_id = $1", request.job_id)
+
+
 async def test_record_failure_fails_alone_and_job_is_partial(daemon: Harness, venue_id: str) -> None:
     """One bad record fails with validation; the others succeed; the job is partial."""
     await daemon.credential(venue_id)
