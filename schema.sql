@@ -206,5 +206,7 @@ CREATE TABLE IF NOT EXISTS rate_limit_buckets (
     state         jsonb NOT NULL DEFAULT '{}'::jsonb,
     paused_until  double precision NOT NULL DEFAULT 0,
     updated_at    timestamptz NOT NULL DEFAULT now(),
+    version       bigint NOT NULL DEFAULT 0,  -- bumped by every write: compare-and-set
     PRIMARY KEY (provider, account)
 );
+ALTER TABLE rate_limit_buckets ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;

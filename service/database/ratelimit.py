@@ -1,15 +1,21 @@
 """The rate limiter's shared state in PostgreSQL: one row per (provider, account).
 
-Each change runs in a short transaction holding that row's lock (``SELECT ... FOR
-UPDATE``), so the limiter's pure arithmetic (service/limiter.py) is applied atomically no
-matter how many processes share the account, and two accounts never wait on each other.
-The ``state`` column holds the JSON of ``BucketState`` except ``paused_until``, which has
-its own column so an operator can read a pause at a glance.
+Every change is a compare-and-set on the row's ``version``: the limiter's pure arithmetic
+(service/limiter.py) runs on the state this process last wrote or read, and one statement
+writes the result only if nobody changed the row since; otherwise the same statement
+returns the current row and the change is computed again. So a process alone on an
+account grants in one round trip (no BEGIN, no ``SELECT ... FOR UPDATE``, no COMMIT), and
+any number of processes still apply changes atomically, one version after another. A
+change that writes nothing (no free slot, a wait too long) is confirmed on a fresh read,
+so a stale copy never decides alone. The ``state`` column holds the JSON of
+``BucketState`` except ``paused_until``, which has its own column so an operator can read
+a pause at a glance. Writes go through the relaxed pool (no wait for the WAL flush): a
+bucket lost in a database crash only forgets the last instants of spacing.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -22,23 +28,29 @@ T = TypeVar("T")
 
 ACQUIRE_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 5.0
+MAX_ROUNDS = 100  # compare-and-set rounds before giving up (each loses only to a real write)
 
-# One round trip opens the transaction and skips the WAL flush wait at commit: a bucket
-# lost in a database crash only forgets the last instants of spacing, while waiting for
-# the disk on every grant costs milliseconds per call (bench/LIMITER.md).
-_BEGIN = "BEGIN; SET LOCAL synchronous_commit TO OFF"
 _SELECT = (
-    "SELECT state::text AS state, paused_until FROM rate_limit_buckets"
+    "SELECT version, state::text AS state, paused_until FROM rate_limit_buckets"
     " WHERE provider = $1 AND account = $2"
 )
 _INSERT = (
     "INSERT INTO rate_limit_buckets (provider, account) VALUES ($1, $2)"
     " ON CONFLICT (provider, account) DO NOTHING"
 )
-_UPDATE = (
-    "UPDATE rate_limit_buckets SET state = $3::text::jsonb, paused_until = $4, updated_at = now()"
-    " WHERE provider = $1 AND account = $2"
-)
+# Writes when the row is still at version $5; always returns the row as this statement saw it.
+_COMPARE_AND_SET = """
+    WITH current AS (""" + _SELECT + """),
+    written AS (
+        UPDATE rate_limit_buckets
+        SET state = $3::text::jsonb, paused_until = $4, version = version + 1, updated_at = now()
+        WHERE provider = $1 AND account = $2 AND version = $5
+        RETURNING version
+    )
+    SELECT (SELECT version FROM written) AS written, version, state, paused_until FROM current
+"""
+
+Known = tuple[int, BucketState]  # (row version, the state at that version)
 
 
 class PostgresBucketStore:
@@ -46,51 +58,66 @@ class PostgresBucketStore:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._known: dict[tuple[str, str], Known] = {}
+        self._turns: dict[tuple[str, str], asyncio.Lock] = {}  # this process's tasks take turns
+
 
     async def update(
         self, provider: str, account: str, change: Callable[[BucketState], tuple[BucketState, T]]
     ) -> T:
-        """Apply ``change`` under the row lock; raises NetworkError when PostgreSQL fails."""
+        """Apply ``change`` atomically; raises NetworkError when PostgreSQL fails."""
+        key = (provider, account)
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = asyncio.Lock()
         try:
-            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
-                await conn.execute(_BEGIN, timeout=COMMAND_TIMEOUT_S)
-                try:
-                    result = await self._apply(conn, provider, account, change)
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await conn.execute("ROLLBACK", timeout=COMMAND_TIMEOUT_S)
-                    raise
+            async with turn, self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                known = self._known.get(key) or await self._fetch(conn, provider, account)
+                for _ in range(MAX_ROUNDS):
+                    version, state = known
+                    new_state, result = change(state)
+                    if new_state == state:
+                        fresh = await self._fetch(conn, provider, account)
+                        if fresh[0] == version:
+                            self._remember(key, fresh)
+                            return result
+                        known = fresh
+                        continue
+                    row = await conn.fetchrow(
+                        _COMPARE_AND_SET, provider, account, state_to_json(new_state),
+                        new_state.paused_until, version, timeout=COMMAND_TIMEOUT_S,
+                    )
+                    if row is not None and row["written"] is not None:
+                        self._remember(key, (row["written"], new_state))
+                        return result
+                    known = (
+                        await self._fetch(conn, provider, account) if row is None
+                        else (row["version"], state_from_json(row["state"], row["paused_until"]))
+                    )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            self._known.pop(key, None)
             raise NetworkError(f"rate-limit store failed: {exc.__class__.__name__}") from exc
-        return result
+        raise NetworkError(f"rate-limit store: {provider} {account} changed {MAX_ROUNDS} times under us")
 
     async def read(self, provider: str, account: str) -> BucketState:
-        """The current state without locking; raises NetworkError when PostgreSQL fails."""
+        """The current state; raises NetworkError when PostgreSQL fails."""
         try:
             row = await self._pool.fetchrow(_SELECT, provider, account, timeout=COMMAND_TIMEOUT_S)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise NetworkError(f"rate-limit store failed: {exc.__class__.__name__}") from exc
         return BucketState() if row is None else state_from_json(row["state"], row["paused_until"])
 
-    async def _apply(
-        self, conn: asyncpg.Connection, provider: str, account: str,
-        change: Callable[[BucketState], tuple[BucketState, T]],
-    ) -> T:
-        state = await self._locked_state(conn, provider, account)
-        new_state, result = change(state)
-        if new_state != state:
-            await conn.execute(
-                _UPDATE, provider, account, state_to_json(new_state), new_state.paused_until,
-                timeout=COMMAND_TIMEOUT_S,
-            )
-        await conn.execute("COMMIT", timeout=COMMAND_TIMEOUT_S)
-        return result
+    def _remember(self, key: tuple[str, str], known: Known) -> None:
+        if len(self._known) > 10_000 and key not in self._known:
+            self._known.clear()
+            self._turns = {k: lock for k, lock in self._turns.items() if lock.locked()}
+        self._known[key] = known
 
     @staticmethod
-    async def _locked_state(conn: asyncpg.Connection, provider: str, account: str) -> BucketState:
-        locked = _SELECT + " FOR UPDATE"
-        row = await conn.fetchrow(locked, provider, account, timeout=COMMAND_TIMEOUT_S)
-        if row is None:  # first use of this account: create the row, then lock it
+    async def _fetch(conn: asyncpg.Connection, provider: str, account: str) -> Known:
+        """The row as it is now, created empty on first use of the account."""
+        row = await conn.fetchrow(_SELECT, provider, account, timeout=COMMAND_TIMEOUT_S)
+        if row is None:
             await conn.execute(_INSERT, provider, account, timeout=COMMAND_TIMEOUT_S)
-            row = await conn.fetchrow(locked, provider, account, timeout=COMMAND_TIMEOUT_S)
-        return state_from_json(row["state"], row["paused_until"])
+            row = await conn.fetchrow(_SELECT, provider, account, timeout=COMMAND_TIMEOUT_S)
+        return row["version"], state_from_json(row["state"], row["paused_until"])

@@ -171,3 +171,27 @@ async def test_a_killed_holders_slot_comes_back(services: Any, pool: Any) -> Non
         async with limiter.acquire("quickbooks", account, limits, max_wait_s=5):
             recovered = time.monotonic() - killed
     assert recovered <= 1.0 + 0.3
+
+
+async def test_stores_with_stale_copies_apply_every_change_once(pool: Any) -> None:
+    """Three stores (as in three processes), each keeping its own copy of the row, apply 150
+    concurrent changes: every change lands exactly once, computed on the row's latest
+    state, and a change that writes nothing is decided on a fresh read, not a stale copy."""
+    from dataclasses import replace
+
+    from service.limiter import BucketState
+
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    stores = [PostgresBucketStore(pool) for _ in range(3)]
+
+    def bump(state: BucketState) -> tuple[BucketState, int]:
+        return replace(state, epoch=state.epoch + 1), state.epoch + 1
+
+    def look(state: BucketState) -> tuple[BucketState, int]:
+        return state, state.epoch
+
+    seen = await asyncio.gather(*(stores[i % 3].update("stripe", account, bump) for i in range(150)))
+    assert list(range(1, 151)) == sorted(seen)  # each change saw the previous one's result
+    for store in stores:  # two of them hold a stale copy: their no-write answer is still current
+        assert 150 == await store.update("stripe", account, look)
+    assert 150 == (await stores[0].read("stripe", account)).epoch
