@@ -281,10 +281,9 @@ class Engine:
                 category=error.category,
                 severity=error.severity,
             )
-            messages = [message] if dead_letter_id is not None else []
+            stored = await outbox_db.enqueue(conn, [message] if dead_letter_id is not None else [])
             if job_id is not None:
-                messages += await self._fail_job(conn, job_id, raw or {}, error, delivery)
-            stored = await outbox_db.enqueue(conn, messages)
+                stored += await self._fail_job(conn, job_id, raw or {}, error, delivery)
         queue = (
             "integration.webhook-events"
             if delivery.routing_key.startswith("webhook.")
@@ -301,7 +300,7 @@ class Engine:
         raw: dict[str, Any],
         error: IntegrationError,
         delivery: Delivery,
-    ) -> list[outbox_db.OutboxMessage]:
+    ) -> list[outbox_db.StoredMessage]:
         def text(name: str) -> str:
             value = raw.get(name)
             return value if isinstance(value, str) else "unknown"
@@ -339,24 +338,30 @@ class Engine:
 
 
 async def finish(
-    conn: asyncpg.Connection, routes: Routes, result: JobResult, delivery: Delivery
-) -> list[outbox_db.OutboxMessage]:
-    """Store a job's final state and return the messages that announce it."""
-    payload = result.model_dump(mode="json", by_alias=True)
-    await jobs_db.finish_job(
+    conn: jobs_db.Conn,
+    routes: Routes,
+    result: JobResult,
+    delivery: Delivery,
+    *,
+    cursor: jobs_db.Cursor | None = None,
+) -> list[outbox_db.StoredMessage]:
+    """Store a job's final state with the messages that announce it (one statement);
+    return the outbox rows to publish."""
+    messages = [routes.job_result(result)]
+    reply_to = delivery.reply_to
+    if reply_to:
+        messages.append(routes.reply(result, reply_to=reply_to, correlation_id=delivery.correlation_id))
+    return await jobs_db.finish_job(
         conn,
         result.job_id,
         status=result.status,
         counts=result.counts.model_dump(),
         errors=[e.model_dump() for e in result.errors],
-        result=payload,
+        result=result.model_dump(mode="json", by_alias=True),
         finished_at=result.finished_at,
+        announce=messages,
+        cursor=cursor,
     )
-    messages = [routes.job_result(result)]
-    reply_to = delivery.reply_to
-    if reply_to:
-        messages.append(routes.reply(result, reply_to=reply_to, correlation_id=delivery.correlation_id))
-    return messages
 
 
 def _jsonable(headers: dict[str, Any]) -> dict[str, Any]:

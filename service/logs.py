@@ -132,14 +132,17 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
-    """Configure structlog and the stdlib root logger: one redacting pipeline to stderr."""
+def configure_logging(*, level: str = "INFO", fmt: str = "json", final: bool = False) -> None:
+    """Configure structlog and the stdlib root logger: one redacting pipeline to stderr.
+
+    ``final=True`` (a long-running process configured once) lets each module's logger be
+    built on its first use and kept, instead of being rebuilt on every call."""
     numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[*shared_processors(), structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.stdlib.LoggerFactory(),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=final,
     )
     handler = _StderrHandler()
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(

@@ -310,9 +310,15 @@ class JobRunner:
         r = self._r
         external_ids = [rec.external_id for rec in page.records]
         last = page.next_cursor is None
+        if last and not page.records:  # nothing to compare: result and cursor in one statement
+            await self._finish(tally, self._started_at, cursor=page.resume_cursor)
+            return
         pool = self._d.pool if last else self._d.fast  # the last page carries the outcome
         async with pool.acquire() as conn, conn.transaction():
-            known = await jobs_db.record_states(conn, r.venue_id, r.provider, r.entity, external_ids)
+            known = (
+                await jobs_db.record_states(conn, r.venue_id, r.provider, r.entity, external_ids)
+                if external_ids else {}
+            )
             states, events, log_rows = [], [], []
             for record in page.records:
                 try:
@@ -342,11 +348,11 @@ class JobRunner:
             await jobs_db.upsert_record_states(conn, r.venue_id, r.provider, r.entity, states)
             self._outbox += await outbox_db.enqueue(conn, events)
             self.made_progress = True  # the page and its cursor are stored
-            if page.resume_cursor is not None:
-                await jobs_db.put_cursor(conn, r.venue_id, r.provider, r.entity, page.resume_cursor)
             if last:
-                await self._finish(tally, self._started_at, conn)
+                await self._finish(tally, self._started_at, conn, cursor=page.resume_cursor)
             else:
+                if page.resume_cursor is not None:
+                    await jobs_db.put_cursor(conn, r.venue_id, r.provider, r.entity, page.resume_cursor)
                 progress = {"cursor": page.next_cursor, "resume": resume}
                 await jobs_db.set_progress(conn, r.job_id, progress, tally.counts)
 
@@ -399,15 +405,13 @@ class JobRunner:
 
     # Finish --------------------------------------------------------------------------
 
-    async def _record_finish(self, conn: Any, result: JobResult) -> None:
+    async def _finish(
+        self, tally: Tally, started_at: Any, conn: Any = None, *, cursor: dict[str, Any] | None = None
+    ) -> tuple[str, Announced]:
+        """Store the job's result (in ``conn``'s transaction when given, else as one
+        statement of its own), with the pull cursor it reached, and announce it."""
         from service.engine import finish
 
-        messages = await finish(conn, self._d.routes, result, self._delivery)
-        self._outbox += await outbox_db.enqueue(conn, messages)
-        self.finished = result.status
-
-    async def _finish(self, tally: Tally, started_at: Any, conn: Any = None) -> tuple[str, Announced]:
-        """Store the job's result (in ``conn``'s transaction when given) and announce it."""
         r = self._r
         counts = tally.job_counts()
         status = final_status(counts)
@@ -423,11 +427,11 @@ class JobRunner:
             started_at=started_at or utcnow(),
             finished_at=utcnow(),
         )
-        if conn is not None:
-            await self._record_finish(conn, result)
-        else:
-            async with self._d.pool.acquire() as own, own.transaction():
-                await self._record_finish(own, result)
+        reached = None if cursor is None else (r.venue_id, r.provider, r.entity, cursor)
+        self._outbox += await finish(
+            conn or self._d.pool, self._d.routes, result, self._delivery, cursor=reached
+        )
+        self.finished = result.status
         for outcome in ("created", "updated", "skipped", "failed"):
             if tally.counts[outcome]:
                 self._d.metrics.records_processed.labels(r.provider, r.entity, outcome).inc(

@@ -29,13 +29,13 @@ class CommandError(Exception):
         self.exit_code = exit_code
 
 
-def load() -> config.Settings:
+def load(*, long_running: bool = False) -> config.Settings:
     """Settings from the environment, with logging configured; bad values exit 2."""
     try:
         settings = config.load_settings()
     except config.ConfigurationError as exc:
         raise CommandError(str(exc), 2) from None
-    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    configure_logging(level=settings.log_level, fmt=settings.log_format, final=long_running)
     return settings
 
 

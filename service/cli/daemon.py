@@ -28,7 +28,7 @@ def run(port: int | None) -> None:
     Serves /healthz, /readyz, /health and /metrics. SIGTERM stops consuming, lets in-flight
     work finish within SHUTDOWN_GRACE_SECONDS, hands back the rest, and exits 0.
     """
-    settings = load()
+    settings = load(long_running=True)
     from service.lifecycle import run_daemon
 
     run_async(run_daemon(settings, port=port or settings.daemon_port))

@@ -107,7 +107,7 @@ def ingress(port: int | None) -> None:
     POST /webhooks/square, POST /webhooks/quickbooks; plus /healthz, /readyz and /metrics.
     Listens on HTTP_HOST; SIGTERM finishes in-flight requests and exits 0.
     """
-    settings = load()
+    settings = load(long_running=True)
     run_async(serve(settings, port=port or settings.ingress_port))
 
 

@@ -7,6 +7,9 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
+from service.database import outbox as outbox_db
+from service.database.outbox import OutboxMessage, StoredMessage
+
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 JOB_COLUMNS = (
@@ -107,6 +110,9 @@ async def set_pending_retry(conn: Conn, job_id: str, error: str) -> None:
     )
 
 
+Cursor = tuple[str, str, str, dict[str, Any]]  # (venue_id, provider, entity, cursor)
+
+
 async def finish_job(
     conn: Conn,
     job_id: str,
@@ -116,19 +122,43 @@ async def finish_job(
     errors: list[dict[str, Any]],
     result: dict[str, Any],
     finished_at: datetime,
-) -> None:
-    await conn.execute(
-        """UPDATE sync_jobs SET status = $2, counts = $3, errors = $4, result = $5,
-               finished_at = $6, progress = NULL, updated_at = now(),
-               last_error = CASE WHEN $2 = 'failed' THEN ($4::jsonb -> -1 ->> 'message') ELSE NULL END
-           WHERE job_id = $1""",
-        job_id,
+    announce: list[OutboxMessage],
+    cursor: Cursor | None = None,
+) -> list[StoredMessage]:
+    """Store a job's final state, the pull cursor it reached and the messages that announce
+    it, in one statement (atomic on its own, or part of the caller's transaction); return
+    the outbox rows to publish."""
+    announce = outbox_db.unique(announce)
+    venue_id, provider, entity, position = cursor if cursor is not None else (None, None, None, None)
+    rows = await conn.fetch(
+        f"""
+        WITH finished AS (
+            UPDATE sync_jobs SET status = $9, counts = $10, errors = $11, result = $12,
+                finished_at = $13, progress = NULL, updated_at = now(),
+                last_error = CASE WHEN $9 = 'failed' THEN ($11::jsonb -> -1 ->> 'message') ELSE NULL END
+            WHERE job_id = $14
+        ), reached AS (
+            INSERT INTO pull_cursors (venue_id, provider, entity, cursor)
+            SELECT $15, $16, $17, $18::jsonb WHERE $18::jsonb IS NOT NULL
+            ON CONFLICT (venue_id, provider, entity) DO UPDATE SET cursor = EXCLUDED.cursor, updated_at = now()
+        ), announced AS (
+            {outbox_db.insert_sql(1)}
+        )
+        SELECT id, message_id, pending FROM announced
+        """,
+        *outbox_db.insert_args(announce),
         status,
         counts,
         errors,
         result,
         finished_at,
+        job_id,
+        venue_id,
+        provider,
+        entity,
+        position,
     )
+    return outbox_db.pending(announce, rows)
 
 
 async def ensure_job_row(

@@ -31,21 +31,27 @@ class StoredMessage:
     message: OutboxMessage
 
 
-async def enqueue(conn: asyncpg.Connection, messages: list[OutboxMessage]) -> list[StoredMessage]:
-    """Insert messages in the caller's transaction, in one statement; return the rows still
-    to publish, in order: new ones, and earlier ones with the same message id not yet
-    published (a redone page re-announces nothing that already went out)."""
-    messages = list({m.message_id: m for m in messages}.values())  # one row per message id
-    if not messages:
-        return []
-    rows = await conn.fetch(
-        """INSERT INTO outbox (exchange, routing_key, message_id, correlation_id, headers,
+def insert_sql(first: int = 1) -> str:
+    """An INSERT of outbox rows from eight array parameters starting at ``$first`` (see
+    insert_args), returning what ``pending`` needs; usable as a CTE of a larger statement."""
+    p = [f"${first + i}" for i in range(8)]
+    return f"""INSERT INTO outbox (exchange, routing_key, message_id, correlation_id, headers,
                reply_to, body, available_at)
            SELECT e, r, m, c, h, t, b, COALESCE(a, now())
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
-                       $7::bytea[], $8::timestamptz[]) AS u(e, r, m, c, h, t, b, a)
+           FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[], {p[4]}::jsonb[],
+                       {p[5]}::text[], {p[6]}::bytea[], {p[7]}::timestamptz[]) AS u(e, r, m, c, h, t, b, a)
            ON CONFLICT (message_id) DO UPDATE SET message_id = EXCLUDED.message_id
-           RETURNING id, message_id, published_at IS NULL AS pending""",
+           RETURNING id, message_id, published_at IS NULL AS pending"""
+
+
+def unique(messages: list[OutboxMessage]) -> list[OutboxMessage]:
+    """One message per message id (a row cannot be inserted twice in one statement)."""
+    return list({m.message_id: m for m in messages}.values())
+
+
+def insert_args(messages: list[OutboxMessage]) -> list[list[Any]]:
+    """The eight arrays insert_sql reads, for messages passed through ``unique``."""
+    return [
         [m.exchange for m in messages],
         [m.routing_key for m in messages],
         [m.message_id for m in messages],
@@ -54,14 +60,27 @@ async def enqueue(conn: asyncpg.Connection, messages: list[OutboxMessage]) -> li
         [m.reply_to for m in messages],
         [m.body for m in messages],
         [m.available_at for m in messages],
-    )
+    ]
+
+
+def pending(messages: list[OutboxMessage], rows: list[asyncpg.Record]) -> list[StoredMessage]:
+    """The rows still to publish, in message order: new ones, and earlier ones with the same
+    message id not yet published (a redone page re-announces nothing that already went out)."""
     by_message_id = {row["message_id"]: row for row in rows}
-    stored = []
-    for message in messages:
-        row = by_message_id[message.message_id]
-        if row["pending"]:
-            stored.append(StoredMessage(row["id"], message))
-    return stored
+    return [
+        StoredMessage(by_message_id[m.message_id]["id"], m)
+        for m in messages
+        if by_message_id[m.message_id]["pending"]
+    ]
+
+
+async def enqueue(conn: asyncpg.Connection, messages: list[OutboxMessage]) -> list[StoredMessage]:
+    """Insert messages in the caller's transaction, in one statement; return those still to
+    publish (see ``pending``)."""
+    messages = unique(messages)
+    if not messages:
+        return []
+    return pending(messages, await conn.fetch(insert_sql(), *insert_args(messages)))
 
 
 def is_due(stored: StoredMessage, now: datetime) -> bool:
