@@ -59,6 +59,7 @@ CLOCK_SKEW_S = 60  # re-read a minute of events before the cursor; duplicates ar
 KEY_RETENTION = timedelta(hours=23)  # Stripe keeps idempotency keys >= 24 h; stay inside that
 KEY_METADATA = "integration_idempotency_key"
 BATCH_SIZE = 10  # no batch endpoint: records of a batch are written concurrently, each gated
+SDK_CLIENTS_KEPT = 256  # SDK clients kept by credential object (the AuthCache renews them every few seconds)
 
 # entity -> (SDK service name, Stripe object type, event types that carry that object)
 ENTITIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -190,13 +191,22 @@ class StripeClient:
         self.settings = settings or http.settings
         self.base_url = self.settings.stripe_api_base.rstrip("/")
         self._clock = clock
+        self._sdks: dict[int, tuple[VenueAuth, stripe_sdk.StripeClient]] = {}
 
     def sdk(self, auth: VenueAuth) -> stripe_sdk.StripeClient:
-        """An SDK client for one venue's key, every request through the shared helper."""
-        return stripe_sdk.StripeClient(
+        """An SDK client for one venue's key, every request through the shared helper; kept
+        while the same credential object is in use (building one costs more than a call)."""
+        kept = self._sdks.get(id(auth))
+        if kept is not None and kept[0] is auth:
+            return kept[1]
+        client = stripe_sdk.StripeClient(
             _api_key(auth), base_addresses={"api": self.base_url}, max_network_retries=0,
             http_client=GatedHttpClient(self.http, auth, base_path=urlsplit(self.base_url).path),
         )
+        if len(self._sdks) >= SDK_CLIENTS_KEPT:
+            self._sdks.clear()
+        self._sdks[id(auth)] = (auth, client)  # the auth is held, so its id is not reused
+        return client
 
     def batch_size(self, entity: str) -> int:
         """Records per push_batch (written concurrently: Stripe has no batch endpoint)."""

@@ -254,3 +254,19 @@ def test_operation_label_hides_ids() -> None:
         "POST", "http://h/stripe/v1/customers/cus_Ab12?x=1", base_path="/stripe"
     )
     assert "get /v1/payment_intents" == operation_of("get", "https://api.stripe.com/v1/payment_intents")
+
+
+async def test_each_credential_keeps_its_own_sdk_client(client: StripeClient) -> None:
+    """The SDK client is built once per credential object and never shared between keys."""
+    other = StaticAuth(provider="stripe", secret="sk_test_other", account_id="acct-2")
+    first = client.sdk(AUTH)
+    assert first is client.sdk(AUTH)
+    second = client.sdk(other)
+    assert second is not first
+    with aioresponses() as mocked:
+        mocked.get(CUSTOMERS, payload=listing())
+        mocked.get(CUSTOMERS, payload=listing())
+        await client.pull_page(AUTH, "customers", cursor=None, resume=None, options={})
+        await client.pull_page(other, "customers", cursor=None, resume=None, options={})
+        keys = [call.kwargs["headers"]["Authorization"] for calls in mocked.requests.values() for call in calls]
+    assert ["Bearer sk_test_abc123", "Bearer sk_test_other"] == keys
