@@ -116,6 +116,7 @@ class Engine:
 
     def __init__(self, deps: EngineDeps) -> None:
         self._d = deps
+        self._group = jobs_db.GroupCommit(deps.pool, deps.fast)
         self._known: dict[tuple[str, str], float] = {}
         self._overrides: dict[tuple[str, str, str], tuple[float, list[dict[str, Any]] | None]] = {}
 
@@ -201,7 +202,7 @@ class Engine:
     async def _run(self, request: SyncRequest, delivery: Delivery) -> Outcome:
         from service.sync import JobRunner
 
-        runner = JobRunner(self._d, request, delivery, overrides=self._override)
+        runner = JobRunner(self._d, request, delivery, group=self._group, overrides=self._override)
         started = utcnow()
         try:
             status, stored = await runner.run()
@@ -334,26 +335,20 @@ class Engine:
             started_at=row["started_at"] or utcnow(),
             finished_at=utcnow(),
         )
-        return await finish(conn, self._d.routes, result, delivery)
+        return (await jobs_db.finish_jobs(conn, [final_state(self._d.routes, result, delivery)]))[0]
 
 
-async def finish(
-    conn: jobs_db.Conn,
-    routes: Routes,
-    result: JobResult,
-    delivery: Delivery,
-    *,
-    cursor: jobs_db.Cursor | None = None,
-) -> list[outbox_db.StoredMessage]:
-    """Store a job's final state with the messages that announce it (one statement);
-    return the outbox rows to publish."""
+def final_state(
+    routes: Routes, result: JobResult, delivery: Delivery, *, cursor: jobs_db.Cursor | None = None
+) -> jobs_db.Finish:
+    """What storing a job's result writes: its final state, the pull cursor it reached and
+    the messages that announce it (the job result, and the reply when reply_to is set)."""
     messages = [routes.job_result(result)]
     reply_to = delivery.reply_to
     if reply_to:
         messages.append(routes.reply(result, reply_to=reply_to, correlation_id=delivery.correlation_id))
-    return await jobs_db.finish_job(
-        conn,
-        result.job_id,
+    return jobs_db.Finish(
+        job_id=result.job_id,
         status=result.status,
         counts=result.counts.model_dump(),
         errors=[e.model_dump() for e in result.errors],

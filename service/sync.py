@@ -74,8 +74,9 @@ class JobRunner:
     """One execution of one sync request."""
 
     def __init__(self, deps: EngineDeps, request: SyncRequest, delivery: Delivery, *,
-                 overrides: Any = None) -> None:
+                 group: jobs_db.GroupCommit, overrides: Any = None) -> None:
         self._d = deps
+        self._group = group
         self._r = request
         self._delivery = delivery
         self._overrides = overrides
@@ -111,14 +112,14 @@ class JobRunner:
         return await self._finish(tally, row["started_at"])
 
     async def _start(self) -> Any:
-        """Mark the job running: one statement on the relaxed pool (a crash before the
-        outcome redoes it) that also forgets the failed records of a failed job's re-run.
-        Raises AlreadyFinished for a job that succeeded (or ended partial) before."""
+        """Mark the job running, in a statement shared with the jobs starting at the same
+        moment, on the relaxed pool (a crash before the outcome redoes it); that also forgets
+        the failed records of a failed job's re-run. Raises AlreadyFinished for a job that
+        succeeded (or ended partial) before."""
         from service.engine import AlreadyFinished
 
         r = self._r
-        row = await jobs_db.start_job(
-            self._d.fast,
+        row = await self._group.start.submit(jobs_db.Start(
             job_id=r.job_id,
             venue_id=r.venue_id,
             provider=r.provider,
@@ -129,8 +130,7 @@ class JobRunner:
             message_id=self._delivery.message_id,
             reply_to=self._delivery.reply_to,
             correlation_id=self._delivery.correlation_id,
-            count_attempt=True,
-        )
+        ))
         if row["job_id"] is None:
             status, result = row["previous_status"], row["previous_result"]
             if status not in ("succeeded", "partial"):  # it finished between our read and write
@@ -410,7 +410,7 @@ class JobRunner:
     ) -> tuple[str, Announced]:
         """Store the job's result (in ``conn``'s transaction when given, else as one
         statement of its own), with the pull cursor it reached, and announce it."""
-        from service.engine import finish
+        from service.engine import final_state
 
         r = self._r
         counts = tally.job_counts()
@@ -428,9 +428,11 @@ class JobRunner:
             finished_at=utcnow(),
         )
         reached = None if cursor is None else (r.venue_id, r.provider, r.entity, cursor)
-        self._outbox += await finish(
-            conn or self._d.pool, self._d.routes, result, self._delivery, cursor=reached
-        )
+        state = final_state(self._d.routes, result, self._delivery, cursor=reached)
+        if conn is not None:  # part of the last page's transaction
+            self._outbox += (await jobs_db.finish_jobs(conn, [state]))[0]
+        else:  # shares a statement with the jobs finishing at the same moment
+            self._outbox += await self._group.finish.submit(state)
         self.finished = result.status
         for outcome in ("created", "updated", "skipped", "failed"):
             if tally.counts[outcome]:

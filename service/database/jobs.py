@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
 import asyncpg
 
 from service.database import outbox as outbox_db
+from service.database.batching import Coalescer
 from service.database.outbox import OutboxMessage, StoredMessage
 
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
@@ -25,42 +28,54 @@ async def get_job(conn: Conn, job_id: str, *, for_update: bool = False) -> async
     return await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM sync_jobs WHERE job_id = $1{lock}", job_id)
 
 
-async def start_job(
-    conn: Conn,
-    *,
-    job_id: str,
-    venue_id: str,
-    provider: str,
-    entity: str,
-    direction: str,
-    mode: str,
-    options: dict[str, Any],
-    message_id: str | None,
-    reply_to: str | None,
-    correlation_id: str | None,
-    count_attempt: bool,
-) -> asyncpg.Record:
-    """Create the job or mark it running again, in one statement; a re-run of a failed job
-    starts clean (its failed record outcomes are forgotten, so they are tried again).
+@dataclass(frozen=True, slots=True)
+class Start:
+    """One job to mark running, for ``start_jobs``."""
 
-    A job already succeeded or partial is left alone: the row's job columns are then NULL
+    job_id: str
+    venue_id: str
+    provider: str
+    entity: str
+    direction: str
+    mode: str
+    options: dict[str, Any]
+    message_id: str | None
+    reply_to: str | None
+    correlation_id: str | None
+
+
+async def start_jobs(conn: Conn, jobs: list[Start]) -> list[asyncpg.Record]:
+    """Create each job or mark it running again, in one statement (group commit); a re-run
+    of a failed job starts clean (its failed record outcomes are forgotten, so they are
+    tried again) and counts attempts from 1. Per job, in order, the started row.
+
+    A job already succeeded or partial is left alone: its row's job columns are then NULL
     and ``previous_status`` / ``previous_result`` say how it ended (a duplicate)."""
-    return await conn.fetchrow(
+    if len({job.job_id for job in jobs}) < len(jobs):
+        raise ValueError("one job_id twice in a batch")
+    rows = await conn.fetch(
         f"""
-        WITH previous AS (
-            SELECT status, result FROM sync_jobs WHERE job_id = $1
+        WITH input AS (
+            SELECT job_id, venue_id, provider, entity, direction, mode, options::jsonb, message_id,
+                   reply_to, correlation_id
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                        $7::text[], $8::text[], $9::text[], $10::text[])
+                AS i(job_id, venue_id, provider, entity, direction, mode, options, message_id, reply_to,
+                     correlation_id)
+        ), previous AS (
+            SELECT j.job_id, j.status, j.result FROM sync_jobs AS j JOIN input USING (job_id)
         ), cleared AS (
-            DELETE FROM sync_record_log
-            WHERE job_id = $1 AND outcome = 'failed'
-              AND EXISTS (SELECT 1 FROM previous WHERE status = 'failed')
+            DELETE FROM sync_record_log AS l USING previous AS p
+            WHERE l.job_id = p.job_id AND p.status = 'failed' AND l.outcome = 'failed'
         ), started AS (
             INSERT INTO sync_jobs (job_id, venue_id, provider, entity, direction, mode, options,
                 message_id, reply_to, correlation_id, status, attempts, started_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'running', CASE WHEN $11 THEN 1 ELSE 0 END, now())
+            SELECT job_id, venue_id, provider, entity, direction, mode, options, message_id, reply_to,
+                correlation_id, 'running', 1, now()
+            FROM input
             ON CONFLICT (job_id) DO UPDATE SET
                 status = 'running',
-                attempts = CASE WHEN sync_jobs.status = 'failed' THEN 1
-                                ELSE sync_jobs.attempts + CASE WHEN $11 THEN 1 ELSE 0 END END,
+                attempts = CASE WHEN sync_jobs.status = 'failed' THEN 1 ELSE sync_jobs.attempts + 1 END,
                 counts = CASE WHEN sync_jobs.status = 'failed' THEN
                     '{{"processed":0,"created":0,"updated":0,"skipped":0,"failed":0}}'::jsonb
                     ELSE sync_jobs.counts END,
@@ -74,21 +89,24 @@ async def start_job(
             WHERE sync_jobs.status NOT IN ('succeeded', 'partial')
             RETURNING {JOB_COLUMNS}
         )
-        SELECT started.*, previous.status AS previous_status, previous.result AS previous_result
-        FROM (SELECT 1) AS one LEFT JOIN started ON true LEFT JOIN previous ON true
+        SELECT input.job_id AS asked, started.*, previous.status AS previous_status,
+               previous.result AS previous_result
+        FROM input LEFT JOIN started ON started.job_id = input.job_id
+                   LEFT JOIN previous ON previous.job_id = input.job_id
         """,
-        job_id,
-        venue_id,
-        provider,
-        entity,
-        direction,
-        mode,
-        options,
-        message_id,
-        reply_to,
-        correlation_id,
-        count_attempt,
+        [job.job_id for job in jobs],
+        [job.venue_id for job in jobs],
+        [job.provider for job in jobs],
+        [job.entity for job in jobs],
+        [job.direction for job in jobs],
+        [job.mode for job in jobs],
+        [json.dumps(job.options) for job in jobs],
+        [job.message_id for job in jobs],
+        [job.reply_to for job in jobs],
+        [job.correlation_id for job in jobs],
     )
+    by_job = {row["asked"]: row for row in rows}
+    return [by_job[job.job_id] for job in jobs]
 
 
 async def set_progress(
@@ -113,33 +131,44 @@ async def set_pending_retry(conn: Conn, job_id: str, error: str) -> None:
 Cursor = tuple[str, str, str, dict[str, Any]]  # (venue_id, provider, entity, cursor)
 
 
-async def finish_job(
-    conn: Conn,
-    job_id: str,
-    *,
-    status: str,
-    counts: dict[str, int],
-    errors: list[dict[str, Any]],
-    result: dict[str, Any],
-    finished_at: datetime,
-    announce: list[OutboxMessage],
-    cursor: Cursor | None = None,
-) -> list[StoredMessage]:
-    """Store a job's final state, the pull cursor it reached and the messages that announce
-    it, in one statement (atomic on its own, or part of the caller's transaction); return
-    the outbox rows to publish."""
-    announce = outbox_db.unique(announce)
-    venue_id, provider, entity, position = cursor if cursor is not None else (None, None, None, None)
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """One job's final state for ``finish_jobs`` (see finish_job for the fields)."""
+
+    job_id: str
+    status: str
+    counts: dict[str, int]
+    errors: list[dict[str, Any]]
+    result: dict[str, Any]
+    finished_at: datetime
+    announce: list[OutboxMessage]
+    cursor: Cursor | None = None
+
+
+async def finish_jobs(conn: Conn, jobs: list[Finish]) -> list[list[StoredMessage]]:
+    """finish_job for several jobs in one statement (group commit); per job, in order, the
+    outbox rows to publish. Two jobs of one batch may not share a job_id."""
+    if len({job.job_id for job in jobs}) < len(jobs):
+        raise ValueError("one job_id twice in a batch")
+    reached: dict[tuple[str, str, str], Cursor] = {}
+    for job in jobs:  # two pulls of one venue's entity in a batch: the later cursor wins
+        if job.cursor is not None:
+            reached[job.cursor[:3]] = job.cursor
+    announce = outbox_db.unique([m for job in jobs for m in job.announce])
     rows = await conn.fetch(
         f"""
-        WITH finished AS (
-            UPDATE sync_jobs SET status = $9, counts = $10, errors = $11, result = $12,
-                finished_at = $13, progress = NULL, updated_at = now(),
-                last_error = CASE WHEN $9 = 'failed' THEN ($11::jsonb -> -1 ->> 'message') ELSE NULL END
-            WHERE job_id = $14
+        WITH input AS (
+            SELECT job_id, status, counts::jsonb, errors::jsonb, result::jsonb, finished_at
+            FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::timestamptz[])
+                AS i(job_id, status, counts, errors, result, finished_at)
+        ), finished AS (
+            UPDATE sync_jobs AS j SET status = i.status, counts = i.counts, errors = i.errors,
+                result = i.result, finished_at = i.finished_at, progress = NULL, updated_at = now(),
+                last_error = CASE WHEN i.status = 'failed' THEN (i.errors -> -1 ->> 'message') ELSE NULL END
+            FROM input AS i WHERE j.job_id = i.job_id
         ), reached AS (
             INSERT INTO pull_cursors (venue_id, provider, entity, cursor)
-            SELECT $15, $16, $17, $18::jsonb WHERE $18::jsonb IS NOT NULL
+            SELECT v, p, e, c::jsonb FROM unnest($15::text[], $16::text[], $17::text[], $18::text[]) AS u(v, p, e, c)
             ON CONFLICT (venue_id, provider, entity) DO UPDATE SET cursor = EXCLUDED.cursor, updated_at = now()
         ), announced AS (
             {outbox_db.insert_sql(1)}
@@ -147,18 +176,18 @@ async def finish_job(
         SELECT id, message_id, pending FROM announced
         """,
         *outbox_db.insert_args(announce),
-        status,
-        counts,
-        errors,
-        result,
-        finished_at,
-        job_id,
-        venue_id,
-        provider,
-        entity,
-        position,
+        [job.job_id for job in jobs],
+        [job.status for job in jobs],
+        [json.dumps(job.counts) for job in jobs],  # as text: a list would read as an array dimension
+        [json.dumps(job.errors) for job in jobs],
+        [json.dumps(job.result) for job in jobs],
+        [job.finished_at for job in jobs],
+        [c[0] for c in reached.values()],
+        [c[1] for c in reached.values()],
+        [c[2] for c in reached.values()],
+        [json.dumps(c[3]) for c in reached.values()],
     )
-    return outbox_db.pending(announce, rows)
+    return [outbox_db.pending(outbox_db.unique(job.announce), rows) for job in jobs]
 
 
 async def ensure_job_row(
@@ -329,3 +358,13 @@ async def get_mapping_override(
         entity,
     )
     return value
+
+
+class GroupCommit:
+    """The job writes that concurrent jobs share a statement for: starts (on the relaxed
+    pool: a crash before the outcome redoes them) and finishes outside a page's
+    transaction (on the synchronous pool: an outcome is durable before its ack)."""
+
+    def __init__(self, pool: asyncpg.Pool, relaxed_pool: asyncpg.Pool) -> None:
+        self.start: Coalescer[Start, asyncpg.Record] = Coalescer(lambda jobs: start_jobs(relaxed_pool, jobs))
+        self.finish: Coalescer[Finish, list[StoredMessage]] = Coalescer(lambda jobs: finish_jobs(pool, jobs))

@@ -1,0 +1,81 @@
+"""Group commit of job starts and finishes: one statement for many jobs, each job's own answer."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from service.database import jobs as jobs_db
+from service.database.outbox import OutboxMessage
+from service.messages import utcnow
+
+
+def start(job_id: str, venue_id: str) -> jobs_db.Start:
+    return jobs_db.Start(
+        job_id=job_id, venue_id=venue_id, provider="stripe", entity="customers", direction="pull",
+        mode="full", options={"limit": 5}, message_id=str(uuid.uuid4()), reply_to=None, correlation_id=None,
+    )
+
+
+def finish(job_id: str, status: str = "succeeded", cursor: Any = None) -> jobs_db.Finish:
+    counts = {"processed": 1, "created": 1, "updated": 0, "skipped": 0, "failed": 0}
+    errors = [{"record_id": "r1", "category": "validation", "severity": "low", "message": "bad email"}]
+    return jobs_db.Finish(
+        job_id=job_id, status=status, counts=counts, errors=errors if status == "partial" else [],
+        result={"job_id": job_id, "status": status}, finished_at=utcnow(),
+        announce=[OutboxMessage("integration.events", f"job.{status}", b"{}", f"result-{job_id}")],
+        cursor=cursor,
+    )
+
+
+async def test_one_statement_starts_new_failed_and_finished_jobs_each_as_it_should(
+    pool: Any, venue_id: str
+) -> None:
+    new, failed, done = (f"job-{uuid.uuid4()}" for _ in range(3))
+    await jobs_db.start_jobs(pool, [start(failed, venue_id), start(done, venue_id)])
+    await pool.execute(
+        "INSERT INTO sync_record_log (job_id, record_id, operation, outcome) VALUES ($1, 'r1', 'pull', 'failed'),"
+        " ($1, 'r2', 'pull', 'created')", failed,
+    )
+    await jobs_db.finish_jobs(pool, [finish(failed, "failed"), finish(done)])
+
+    rows = await jobs_db.start_jobs(pool, [start(new, venue_id), start(failed, venue_id), start(done, venue_id)])
+
+    assert [new, failed, None] == [row["job_id"] for row in rows]
+    assert [None, "failed", "succeeded"] == [row["previous_status"] for row in rows]
+    assert {"job_id": done, "status": "succeeded"} == rows[2]["previous_result"]
+    assert [("running", 1), ("running", 1)] == [(r["status"], r["attempts"]) for r in rows[:2]]
+    assert {"limit": 5} == rows[0]["options"]
+    kept = await pool.fetch("SELECT record_id FROM sync_record_log WHERE job_id = $1", failed)
+    assert ["r2"] == [r["record_id"] for r in kept]  # the failed record is tried again, the created one not
+
+
+async def test_one_statement_finishes_jobs_with_their_cursor_and_announcements(pool: Any, venue_id: str) -> None:
+    first, second = f"job-{uuid.uuid4()}", f"job-{uuid.uuid4()}"
+    await jobs_db.start_jobs(pool, [start(first, venue_id), start(second, venue_id)])
+    key = (venue_id, "stripe", "customers")
+    stored = await jobs_db.finish_jobs(
+        pool, [finish(first, cursor=(*key, {"n": 1})), finish(second, "partial", cursor=(*key, {"n": 2}))]
+    )
+    assert [[f"result-{first}"], [f"result-{second}"]] == [[s.message.message_id for s in job] for job in stored]
+    rows = {r["job_id"]: r for r in await pool.fetch(
+        "SELECT job_id, status, errors, last_error, finished_at FROM sync_jobs WHERE job_id = ANY($1)", [first, second]
+    )}
+    assert ("succeeded", None) == (rows[first]["status"], rows[first]["last_error"])
+    assert ("partial", "bad email") == (rows[second]["status"], rows[second]["errors"][0]["message"])
+    assert {"n": 2} == await jobs_db.get_cursor(pool, *key)  # two pulls of one entity: the later one wins
+    again = await jobs_db.finish_jobs(pool, [finish(first)])
+    assert [[]] != again and again[0][0].id == stored[0][0].id  # same message id: the same unpublished row
+
+
+async def test_concurrent_jobs_share_statements(pool: Any, venue_id: str) -> None:
+    group = jobs_db.GroupCommit(pool, pool)
+    ids = [f"job-{uuid.uuid4()}" for _ in range(12)]
+    started = await asyncio.gather(*(group.start.submit(start(i, venue_id)) for i in ids))
+    assert ids == [row["job_id"] for row in started]
+    finished = await asyncio.gather(*(group.finish.submit(finish(i)) for i in ids))
+    assert [[f"result-{i}"] for i in ids] == [[s.message.message_id for s in job] for job in finished]
+    assert group.start.batches < len(ids) and group.finish.batches < len(ids)
+    statuses = await pool.fetch("SELECT DISTINCT status FROM sync_jobs WHERE job_id = ANY($1)", ids)
+    assert ["succeeded"] == [r["status"] for r in statuses]

@@ -1,0 +1,79 @@
+"""Group commit: concurrent calls share a batch, results go back in order, a bad item fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service.database.batching import Coalescer
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.gate = asyncio.Event()
+
+    async def run(self, items: list[str]) -> list[str]:
+        self.batches.append(list(items))
+        if len(self.batches) == 1:
+            await self.gate.wait()  # the first batch is in flight while others arrive
+        if "bad" in items:
+            raise ValueError("bad item")
+        return [item.upper() for item in items]
+
+
+async def test_calls_arriving_during_a_batch_go_together_in_the_next() -> None:
+    recorder = Recorder()
+    coalescer: Coalescer[str, str] = Coalescer(recorder.run)
+    first = asyncio.ensure_future(coalescer.submit("a"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    rest = [asyncio.ensure_future(coalescer.submit(x)) for x in ("b", "c", "d")]
+    await asyncio.sleep(0)
+    recorder.gate.set()
+    assert ["A", "B", "C", "D"] == await asyncio.gather(first, *rest)
+    assert [["a"], ["b", "c", "d"]] == recorder.batches
+
+
+async def test_a_failing_batch_is_retried_one_by_one_so_a_bad_item_fails_alone() -> None:
+    recorder = Recorder()
+    coalescer: Coalescer[str, str] = Coalescer(recorder.run)
+    first = asyncio.ensure_future(coalescer.submit("a"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    rest = [asyncio.ensure_future(coalescer.submit(x)) for x in ("b", "bad", "c")]
+    await asyncio.sleep(0)
+    recorder.gate.set()
+    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    assert ["A", "B", "C"] == [r for r in results if isinstance(r, str)]
+    assert isinstance(results[2], ValueError)
+    assert [["a"], ["b", "bad", "c"], ["b"], ["bad"], ["c"]] == recorder.batches
+
+
+async def test_batches_are_capped_and_a_wrong_result_count_is_an_error() -> None:
+    seen: list[int] = []
+
+    async def short(items: list[int]) -> list[int]:
+        seen.append(len(items))
+        return items[:-1] if len(items) > 1 else items
+
+    coalescer: Coalescer[int, int] = Coalescer(short, max_batch=2)
+    assert [0, 1, 2] == await asyncio.gather(*(coalescer.submit(i) for i in range(3)))
+    assert [2, 1, 1, 1] == seen  # capped at two; the short batch was redone one by one
+
+
+async def test_a_cancelled_caller_does_not_stop_the_others() -> None:
+    recorder = Recorder()
+    coalescer: Coalescer[str, str] = Coalescer(recorder.run)
+    first = asyncio.ensure_future(coalescer.submit("a"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    gone = asyncio.ensure_future(coalescer.submit("b"))
+    kept = asyncio.ensure_future(coalescer.submit("c"))
+    await asyncio.sleep(0)
+    gone.cancel()
+    recorder.gate.set()
+    assert ["A", "C"] == [await first, await kept]
+    with pytest.raises(asyncio.CancelledError):
+        await gone
