@@ -57,7 +57,11 @@ class AmqpPublisher:
         try:
             exchange = await self._exchange(message.exchange)
             async with asyncio.timeout(timeout_s):  # no task per publish, unlike wait_for
-                confirmation = await exchange.publish(amqp_message, routing_key=message.routing_key)
+                # Not mandatory: nothing here acts on a returned message, and an event nobody
+                # has bound a queue for is dropped by design (pub/sub); returns only cost frames.
+                confirmation = await exchange.publish(
+                    amqp_message, routing_key=message.routing_key, mandatory=False
+                )
         except TimeoutError as exc:
             raise NetworkError(f"no publisher confirm within {timeout_s:g}s") from exc
         except Exception as exc:  # aiormq / connection errors

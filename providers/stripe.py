@@ -242,14 +242,21 @@ class StripeClient:
             return Page(records, {**state, "after": last_id})
         return Page(records, None, resume_cursor={"events_since": int(state["t0"]) - CLOCK_SKEW_S})
 
+    @staticmethod
+    async def _listing(sdk: stripe_sdk.StripeClient, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One list page as plain JSON, through the SDK's raw_request: the SDK still builds
+        and signs the call, but a page of 100 objects is not turned into StripeObjects only
+        to be turned back into dicts (that round trip cost more CPU than the HTTP call)."""
+        response = await sdk.raw_request_async("get", path, **params)
+        return _dict(response.data)
+
     async def _list_page(self, sdk: stripe_sdk.StripeClient, entity: str, state: dict[str, Any]) -> Page:
-        service = getattr(sdk.v1, ENTITIES[entity][0])
         params: dict[str, Any] = {"limit": PAGE_LIMIT}
         if state.get("after"):
             params["starting_after"] = state["after"]
         if state.get("created_gte") is not None:
             params["created"] = {"gte": state["created_gte"]}
-        listing = _dict(await service.list_async(params))
+        listing = await self._listing(sdk, f"/v1/{ENTITIES[entity][0]}", params)
         data = _list_data(listing)
         return self._finish(state, [_record(o) for o in data], bool(listing.get("has_more")),
                             str(data[-1]["id"]) if data else None)
@@ -259,7 +266,7 @@ class StripeClient:
         params: Any = {"limit": PAGE_LIMIT, "types": list(types), "created": {"gte": state["since"]}}
         if state.get("after"):
             params["starting_after"] = state["after"]
-        listing = _dict(await sdk.v1.events.list_async(params))
+        listing = await self._listing(sdk, "/v1/events", params)
         events = _list_data(listing)
         seen: set[str] = set()
         records = []
