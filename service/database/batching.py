@@ -4,8 +4,10 @@ A ``Coalescer`` takes one item per caller and hands lists of items to a batch fu
 that runs them in one round trip. The first call starts a batch at once (no added latency
 when the daemon is quiet); calls arriving while a batch is in flight wait for it and go
 together in the next one, so under load each round trip, commit and WAL flush is shared
-by as many jobs as the prefetch lets run at once. If a batch fails, its items are tried
-one by one, so a bad item fails alone and the others go through.
+by as many jobs as the prefetch lets run at once. If a batch fails for something in its
+data, its items are tried one by one, so a bad item fails alone and the others go through;
+if the database is away or too slow, every caller gets that error at once (one by one would
+only multiply the wait).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+import asyncpg
 import structlog
 
 I = TypeVar("I")  # noqa: E741 - an item, as in the typing docs' examples
@@ -22,6 +25,11 @@ R = TypeVar("R")
 log = structlog.get_logger(__name__)
 
 MAX_BATCH = 64
+
+
+def is_outage(exc: BaseException) -> bool:
+    """The database is away or too slow: no item of a batch could have gone through alone."""
+    return isinstance(exc, OSError | TimeoutError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError)
 
 
 class Coalescer(Generic[I, R]):
@@ -64,8 +72,9 @@ class Coalescer(Generic[I, R]):
             if len(results) != len(taken):
                 raise RuntimeError(f"a batch of {len(taken)} gave {len(results)} results")
         except Exception as exc:
-            if len(taken) == 1:
-                _fail(taken[0][1], exc)
+            if len(taken) == 1 or is_outage(exc):
+                for _, future in taken:
+                    _fail(future, exc)
                 return
             log.warning("batch_failed_trying_one_by_one", size=len(taken), error=exc.__class__.__name__)
             for one in taken:

@@ -4,8 +4,10 @@ Every change is a compare-and-set on the row's ``version``: the limiter's pure a
 (service/limiter.py) runs on the state this process last wrote or read, and one statement
 writes the result only if nobody changed the row since; otherwise the same statement
 returns the current row and the change is computed again. So a process alone on an
-account grants in one round trip (no BEGIN, no ``SELECT ... FOR UPDATE``, no COMMIT), and
-any number of processes still apply changes atomically, one version after another. A
+account grants in one round trip (no BEGIN, no ``SELECT ... FOR UPDATE``, no COMMIT), the
+grants of several accounts made at the same moment share that statement (group commit, see
+batching.py), and any number of processes still apply changes atomically, one version
+after another. A
 change that writes nothing (no free slot, a wait too long) is confirmed on a fresh read,
 so a stale copy never decides alone. The ``state`` column holds the JSON of
 ``BucketState`` except ``paused_until``, which has its own column so an operator can read
@@ -17,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import asyncpg
 
+from service.database.batching import Coalescer
 from service.errors import NetworkError
 from service.limiter import BucketState, state_from_json, state_to_json
 
@@ -38,19 +42,34 @@ _INSERT = (
     "INSERT INTO rate_limit_buckets (provider, account) VALUES ($1, $2)"
     " ON CONFLICT (provider, account) DO NOTHING"
 )
-# Writes when the row is still at version $5; always returns the row as this statement saw it.
+# Each row is written only if still at the version the caller computed from; every row
+# comes back as this statement saw it (its snapshot), so a loser recomputes at once.
 _COMPARE_AND_SET = """
-    WITH current AS (""" + _SELECT + """),
-    written AS (
-        UPDATE rate_limit_buckets
-        SET state = $3::text::jsonb, paused_until = $4, version = version + 1, updated_at = now()
-        WHERE provider = $1 AND account = $2 AND version = $5
-        RETURNING version
+    WITH input AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::bigint[])
+            AS i(provider, account, state, paused_until, version)
+    ), written AS (
+        UPDATE rate_limit_buckets AS b
+        SET state = i.state::jsonb, paused_until = i.paused_until, version = b.version + 1, updated_at = now()
+        FROM input AS i
+        WHERE b.provider = i.provider AND b.account = i.account AND b.version = i.version
+        RETURNING b.provider, b.account, b.version
     )
-    SELECT (SELECT version FROM written) AS written, version, state, paused_until FROM current
+    SELECT i.provider, i.account, w.version AS written, b.version, b.state::text AS state, b.paused_until
+    FROM input AS i
+    LEFT JOIN written AS w ON w.provider = i.provider AND w.account = i.account
+    LEFT JOIN rate_limit_buckets AS b ON b.provider = i.provider AND b.account = i.account
 """
 
 Known = tuple[int, BucketState]  # (row version, the state at that version)
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    provider: str
+    account: str
+    state: BucketState
+    version: int  # the version ``state`` was computed from
 
 
 class PostgresBucketStore:
@@ -60,7 +79,7 @@ class PostgresBucketStore:
         self._pool = pool
         self._known: dict[tuple[str, str], Known] = {}
         self._turns: dict[tuple[str, str], asyncio.Lock] = {}  # this process's tasks take turns
-
+        self._writes: Coalescer[_Write, asyncpg.Record] = Coalescer(self._write_many)
 
     async def update(
         self, provider: str, account: str, change: Callable[[BucketState], tuple[BucketState, T]]
@@ -71,33 +90,47 @@ class PostgresBucketStore:
         if turn is None:
             turn = self._turns[key] = asyncio.Lock()
         try:
-            async with turn, self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
-                known = self._known.get(key) or await self._fetch(conn, provider, account)
+            async with turn:
+                known = self._known.get(key) or await self._fetch(provider, account)
                 for _ in range(MAX_ROUNDS):
                     version, state = known
                     new_state, result = change(state)
                     if new_state == state:
-                        fresh = await self._fetch(conn, provider, account)
+                        fresh = await self._fetch(provider, account)
                         if fresh[0] == version:
                             self._remember(key, fresh)
                             return result
                         known = fresh
                         continue
-                    row = await conn.fetchrow(
-                        _COMPARE_AND_SET, provider, account, state_to_json(new_state),
-                        new_state.paused_until, version, timeout=COMMAND_TIMEOUT_S,
-                    )
-                    if row is not None and row["written"] is not None:
+                    row = await self._writes.submit(_Write(provider, account, new_state, version))
+                    if row["written"] is not None:
                         self._remember(key, (row["written"], new_state))
                         return result
                     known = (
-                        await self._fetch(conn, provider, account) if row is None
+                        await self._fetch(provider, account) if row["version"] is None
                         else (row["version"], state_from_json(row["state"], row["paused_until"]))
                     )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             self._known.pop(key, None)
             raise NetworkError(f"rate-limit store failed: {exc.__class__.__name__}") from exc
         raise NetworkError(f"rate-limit store: {provider} {account} changed {MAX_ROUNDS} times under us")
+
+    async def _write_many(self, writes: list[_Write]) -> list[asyncpg.Record]:
+        """Compare-and-set the accounts of concurrent grants in one statement, in key order
+        (so two processes writing overlapping accounts lock them in the same order)."""
+        ordered = sorted(writes, key=lambda w: (w.provider, w.account))
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            rows = await conn.fetch(
+                _COMPARE_AND_SET,
+                [w.provider for w in ordered],
+                [w.account for w in ordered],
+                [state_to_json(w.state) for w in ordered],
+                [w.state.paused_until for w in ordered],
+                [w.version for w in ordered],
+                timeout=COMMAND_TIMEOUT_S,
+            )
+        by_key = {(row["provider"], row["account"]): row for row in rows}
+        return [by_key[(w.provider, w.account)] for w in writes]
 
     async def read(self, provider: str, account: str) -> BucketState:
         """The current state; raises NetworkError when PostgreSQL fails."""
@@ -113,11 +146,11 @@ class PostgresBucketStore:
             self._turns = {k: lock for k, lock in self._turns.items() if lock.locked()}
         self._known[key] = known
 
-    @staticmethod
-    async def _fetch(conn: asyncpg.Connection, provider: str, account: str) -> Known:
+    async def _fetch(self, provider: str, account: str) -> Known:
         """The row as it is now, created empty on first use of the account."""
-        row = await conn.fetchrow(_SELECT, provider, account, timeout=COMMAND_TIMEOUT_S)
-        if row is None:
-            await conn.execute(_INSERT, provider, account, timeout=COMMAND_TIMEOUT_S)
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             row = await conn.fetchrow(_SELECT, provider, account, timeout=COMMAND_TIMEOUT_S)
+            if row is None:
+                await conn.execute(_INSERT, provider, account, timeout=COMMAND_TIMEOUT_S)
+                row = await conn.fetchrow(_SELECT, provider, account, timeout=COMMAND_TIMEOUT_S)
         return row["version"], state_from_json(row["state"], row["paused_until"])

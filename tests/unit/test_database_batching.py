@@ -77,3 +77,16 @@ async def test_a_cancelled_caller_does_not_stop_the_others() -> None:
     assert ["A", "C"] == [await first, await kept]
     with pytest.raises(asyncio.CancelledError):
         await gone
+
+
+async def test_an_outage_fails_every_caller_at_once_instead_of_one_by_one() -> None:
+    calls: list[list[str]] = []
+
+    async def away(items: list[str]) -> list[str]:
+        calls.append(items)
+        raise ConnectionRefusedError("database away")
+
+    coalescer: Coalescer[str, str] = Coalescer(away)
+    results = await asyncio.gather(*(coalescer.submit(x) for x in "abc"), return_exceptions=True)
+    assert all(isinstance(r, ConnectionRefusedError) for r in results)
+    assert [["a", "b", "c"]] == calls
