@@ -219,9 +219,17 @@ class OutboxRelay:
         """Publish with confirms; return the ids that were confirmed."""
         if not stored:
             return []
-        results = await asyncio.gather(
-            *(self._publisher.publish(item.message) for item in stored), return_exceptions=True
-        )
+        results: list[BaseException | None]
+        if len(stored) == 1:  # the usual case (a job result): no task for a gather of one
+            try:
+                await self._publisher.publish(stored[0].message)
+                results = [None]
+            except Exception as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(
+                *(self._publisher.publish(item.message) for item in stored), return_exceptions=True
+            )
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             log.warning("outbox_publish_failed", failed=len(failures), error=str(failures[0]))

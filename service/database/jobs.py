@@ -133,7 +133,8 @@ Cursor = tuple[str, str, str, dict[str, Any]]  # (venue_id, provider, entity, cu
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """One job's final state for ``finish_jobs`` (see finish_job for the fields)."""
+    """One job's final state for ``finish_jobs``: status, counts, errors and the result
+    JSON; the messages that announce it; the pull cursor it reached, if any."""
 
     job_id: str
     status: str
@@ -146,8 +147,10 @@ class Finish:
 
 
 async def finish_jobs(conn: Conn, jobs: list[Finish]) -> list[list[StoredMessage]]:
-    """finish_job for several jobs in one statement (group commit); per job, in order, the
-    outbox rows to publish. Two jobs of one batch may not share a job_id."""
+    """Store jobs' final states, the pull cursors they reached and the messages announcing
+    them, in one statement (atomic on its own, or part of the caller's transaction): group
+    commit for concurrent jobs. Per job, in order, the outbox rows to publish. Two jobs of
+    one batch may not share a job_id."""
     if len({job.job_id for job in jobs}) < len(jobs):
         raise ValueError("one job_id twice in a batch")
     reached: dict[tuple[str, str, str], Cursor] = {}
