@@ -57,7 +57,7 @@ async def worker(args: dict[str, Any]) -> dict[str, Any]:
     address = ("127.0.0.1", args["port"])
     provider = "quickbooks" if args["kind"] == "quickbooks" else "stripe"
     # The row lock serialises one account anyway: more connections would only crowd PostgreSQL.
-    async with open_pool(args["dsn"], min_size=2, max_size=4) as pool:
+    async with open_pool(args["dsn"], min_size=2, max_size=4, relaxed=True) as pool:
         limiter = RateLimiter(PostgresBucketStore(pool), margin_s=args["margin_s"],
                               late_tolerance_s=args["late_tolerance_s"])
         aio = AsyncLimiter(QUOTA, 1)
@@ -200,7 +200,7 @@ async def bench(options: argparse.Namespace) -> dict[str, Any]:
             for processes in (1, 3) if kind != "quickbooks" else (3,):
                 name = f"{kind}_{processes}_process"
                 runs[name] = await scenario(kind, processes, dsn=dsn, options=options)
-        async with open_pool(dsn, min_size=1, max_size=2) as pool:
+        async with open_pool(dsn, min_size=1, max_size=2, relaxed=True) as pool:
             latency = await latencies(pool)
     finally:
         admin = await asyncpg.connect(ADMIN_DSN, timeout=10)

@@ -18,9 +18,9 @@ bucket lost in a database crash only forgets the last instants of spacing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -44,6 +44,18 @@ _INSERT = (
 )
 # Each row is written only if still at the version the caller computed from; every row
 # comes back as this statement saw it (its snapshot), so a loser recomputes at once.
+# One account alone (the quiet case) has its own statement: PostgreSQL plans the array form
+# afresh on every call, which costs more than the write (0.24 vs 0.65 ms here).
+_COMPARE_AND_SET_ONE = """
+    WITH current AS (""" + _SELECT + """),
+    written AS (
+        UPDATE rate_limit_buckets
+        SET state = $3::text::jsonb, paused_until = $4, version = version + 1, updated_at = now()
+        WHERE provider = $1 AND account = $2 AND version = $5
+        RETURNING version
+    )
+    SELECT (SELECT version FROM written) AS written, version, state, paused_until FROM current
+"""
 _COMPARE_AND_SET = """
     WITH input AS (
         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::bigint[])
@@ -76,10 +88,12 @@ class PostgresBucketStore:
     """BucketStore shared by every process on the same database."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
+        """``pool``: the relaxed pool (``create_pool(relaxed=True)``) in production, so a
+        grant does not wait for the WAL flush; any pool is correct."""
         self._pool = pool
         self._known: dict[tuple[str, str], Known] = {}
         self._turns: dict[tuple[str, str], asyncio.Lock] = {}  # this process's tasks take turns
-        self._writes: Coalescer[_Write, asyncpg.Record] = Coalescer(self._write_many)
+        self._writes: Coalescer[_Write, Mapping[str, Any]] = Coalescer(self._write_many)
 
     async def update(
         self, provider: str, account: str, change: Callable[[BucketState], tuple[BucketState, T]]
@@ -115,11 +129,18 @@ class PostgresBucketStore:
             raise NetworkError(f"rate-limit store failed: {exc.__class__.__name__}") from exc
         raise NetworkError(f"rate-limit store: {provider} {account} changed {MAX_ROUNDS} times under us")
 
-    async def _write_many(self, writes: list[_Write]) -> list[asyncpg.Record]:
+    async def _write_many(self, writes: list[_Write]) -> list[Mapping[str, Any]]:
         """Compare-and-set the accounts of concurrent grants in one statement, in key order
         (so two processes writing overlapping accounts lock them in the same order)."""
         ordered = sorted(writes, key=lambda w: (w.provider, w.account))
         async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            if len(writes) == 1:
+                w = writes[0]
+                row = await conn.fetchrow(
+                    _COMPARE_AND_SET_ONE, w.provider, w.account, state_to_json(w.state),
+                    w.state.paused_until, w.version, timeout=COMMAND_TIMEOUT_S,
+                )
+                return [row or {"written": None, "version": None}]  # the row is gone: fetched again
             rows = await conn.fetch(
                 _COMPARE_AND_SET,
                 [w.provider for w in ordered],
