@@ -210,3 +210,15 @@ CREATE TABLE IF NOT EXISTS rate_limit_buckets (
     PRIMARY KEY (provider, account)
 );
 ALTER TABLE rate_limit_buckets ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;
+-- A hand-made UPDATE (an operator lifting a pause) bumps the version too, so every process
+-- sees it on its next write instead of overwriting it with a copy from before.
+CREATE OR REPLACE FUNCTION rate_limit_buckets_bump() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.version = OLD.version THEN
+        NEW.version := OLD.version + 1;
+    END IF;
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS rate_limit_buckets_bump ON rate_limit_buckets;
+CREATE TRIGGER rate_limit_buckets_bump BEFORE UPDATE ON rate_limit_buckets
+    FOR EACH ROW EXECUTE FUNCTION rate_limit_buckets_bump();

@@ -217,3 +217,26 @@ async def test_changes_to_many_accounts_share_statements_and_each_lands_once(poo
         assert list(range(1, 31)) == mine
         assert 30 == (await stores[0].read("stripe", account)).epoch
     assert any(store._writes.items > store._writes.batches for store in stores)  # statements were shared
+
+
+async def test_a_hand_made_update_is_seen_not_overwritten(pool: Any) -> None:
+    """An operator lifting a pause with a plain UPDATE: the next change starts from it."""
+    from dataclasses import replace
+
+    from service.limiter import BucketState
+
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    store = PostgresBucketStore(pool)
+
+    def pause_long(state: BucketState) -> tuple[BucketState, None]:
+        return replace(state, paused_until=time.time() + 3600), None
+
+    def bump(state: BucketState) -> tuple[BucketState, float]:
+        return replace(state, epoch=state.epoch + 1), state.paused_until
+
+    await store.update("stripe", account, pause_long)
+    await pool.execute(
+        "UPDATE rate_limit_buckets SET paused_until = 0 WHERE provider = 'stripe' AND account = $1", account
+    )
+    assert 0.0 == await store.update("stripe", account, bump)  # computed on the lifted pause
+    assert 0.0 == (await store.read("stripe", account)).paused_until
