@@ -225,21 +225,9 @@ class Engine:
     async def _retry_or_give_up(
         self, request: SyncRequest, delivery: Delivery, error: IntegrationError, attempts: int
     ) -> Outcome:
-        settings = self._d.settings
         local_wait = isinstance(error, RateLimitError) and error.status is None
-        if attempts >= settings.retry_max_attempts and not local_wait:
-            reason = f"gave up after {attempts} attempts: {error}"
-            return await self.dead_letter(
-                delivery, type(error)(reason), raw=request.model_dump(by_alias=True)
-            )
-        delay = backoff_delay_s(
-            attempts,
-            base_s=settings.retry_base_delay_seconds,
-            max_s=settings.retry_max_delay_seconds,
-            retry_after_s=error.retry_after_s,
-        )
-        message = self._d.routes.retry(delivery, attempt=attempts, delay_s=delay)
-        async with self._d.pool.acquire() as conn, conn.transaction():
+
+        async def job_waits(conn: asyncpg.Connection) -> None:
             # Attempts count failures in a row without progress; waiting for our own limiter
             # is not a failure at all.
             await conn.execute(
@@ -248,15 +236,45 @@ class Engine:
                 attempts - 1 if local_wait else attempts,
             )
             await jobs_db.set_pending_retry(conn, request.job_id, str(error))
-            stored = await outbox_db.enqueue(conn, [message])
-        self._d.metrics.retries.labels(request.provider, error.category).inc()
-        log.info(
-            "sync_retry_scheduled",
-            attempt=attempts,
-            delay_s=round(delay, 3),
-            category=error.category,
-            error=str(error),
+
+        return await self.retry_later(
+            delivery, error, attempt=attempts, provider=request.provider,
+            raw=request.model_dump(by_alias=True), no_limit=local_wait, also=job_waits,
+            log_event="sync_retry_scheduled",
         )
+
+    async def retry_later(
+        self,
+        delivery: Delivery,
+        error: IntegrationError,
+        *,
+        attempt: int,
+        provider: str,
+        raw: dict[str, Any] | None,
+        log_event: str,
+        no_limit: bool = False,
+        also: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+    ) -> Outcome:
+        """A transient failure of a sync request or a webhook: after RETRY_MAX_ATTEMPTS
+        (unless ``no_limit``) dead-letter it, else republish the delivery after an
+        exponential backoff with jitter, in one transaction with ``also``'s writes."""
+        settings = self._d.settings
+        if attempt >= settings.retry_max_attempts and not no_limit:
+            reason = f"gave up after {attempt} attempts: {error}"
+            return await self.dead_letter(delivery, type(error)(reason), raw=raw)
+        delay = backoff_delay_s(
+            attempt,
+            base_s=settings.retry_base_delay_seconds,
+            max_s=settings.retry_max_delay_seconds,
+            retry_after_s=error.retry_after_s,
+        )
+        message = self._d.routes.retry(delivery, attempt=attempt, delay_s=delay)
+        async with self._d.pool.acquire() as conn, conn.transaction():
+            if also is not None:
+                await also(conn)
+            stored = await outbox_db.enqueue(conn, [message])
+        self._d.metrics.retries.labels(provider, error.category).inc()
+        log.info(log_event, attempt=attempt, delay_s=round(delay, 3), category=error.category, error=str(error))
         return Outcome("retry", status="pending", outbox=tuple(stored), category=error.category)
 
     async def dead_letter(

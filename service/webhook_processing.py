@@ -20,7 +20,7 @@ from providers.base import ParsedWebhook, ProviderRecord, WebhookChange
 from service.database import credentials as credentials_db
 from service.database import jobs as jobs_db
 from service.database import outbox as outbox_db
-from service.engine import Engine, EngineDeps, backoff_delay_s
+from service.engine import Engine, EngineDeps
 from service.errors import (
     ConfigurationError,
     DataError,
@@ -180,21 +180,10 @@ class WebhookProcessor:
 
     async def _retry(self, delivery: Delivery, webhook: VerifiedWebhook, error: IntegrationError) -> Outcome:
         attempt = int(delivery.headers.get("x-retry-attempt", 0) or 0) + 1
-        settings = self._d.settings
-        if attempt >= settings.retry_max_attempts:
-            reason = f"gave up after {attempt} attempts: {error}"
-            return await self._engine.dead_letter(delivery, type(error)(reason), raw=None)
-        delay = backoff_delay_s(
-            attempt,
-            base_s=settings.retry_base_delay_seconds,
-            max_s=settings.retry_max_delay_seconds,
-            retry_after_s=error.retry_after_s,
+        return await self._engine.retry_later(
+            delivery, error, attempt=attempt, provider=webhook.provider, raw=None,
+            log_event="webhook_retry_scheduled",
         )
-        message = self._d.routes.retry(delivery, attempt=attempt, delay_s=delay)
-        async with self._d.pool.acquire() as conn, conn.transaction():
-            stored = await outbox_db.enqueue(conn, [message])
-        self._d.metrics.retries.labels(webhook.provider, error.category).inc()
-        return Outcome("retry", status="pending", outbox=tuple(stored), category=error.category)
 
 
 async def prune_dedupe(pool: Any, *, older_than_s: float = DEDUPE_RETENTION_S) -> int:

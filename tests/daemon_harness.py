@@ -154,7 +154,8 @@ class FakeProvider:
             version=str(event.get("created")),
             updated_at=datetime.fromtimestamp(event.get("created", 0), UTC),
         )
-        change = WebhookChange("customers", obj["id"], "upserted", event["id"], record=record)
+        thin = event.get("thin", False)  # the object must then be fetched (fetch_record)
+        change = WebhookChange("customers", obj["id"], "upserted", event["id"], record=None if thin else record)
         return ParsedWebhook(event["id"], [change])
 
     async def check_health(self) -> None:

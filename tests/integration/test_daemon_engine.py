@@ -331,3 +331,37 @@ async def test_same_webhook_event_twice_yields_one_record_event(daemon: Harness,
         " AND convert_from(body, 'UTF8')::jsonb ->> 'external_id' = 'cus_hook'"
     )
     assert (1, 1) == (count, events)
+
+
+async def test_a_webhook_whose_fetch_fails_is_retried_later_then_dead_lettered(
+    daemon: Harness, venue_id: str
+) -> None:
+    """A thin webhook whose object cannot be fetched is republished with a backoff (the
+    delivery acked meanwhile) and, after RETRY_MAX_ATTEMPTS, dead-lettered with its reason."""
+    await daemon.credential(venue_id)
+    daemon.provider.objects["cus_thin"] = {"id": "cus_thin", "email": "thin@example.com", "updated": 7}
+
+    def thin_event() -> bytes:
+        event = {"id": f"evt_{uuid.uuid4().hex}", "created": 1_800_000_000, "thin": True,
+                 "data": {"object": {"id": "cus_thin"}}}
+        return VerifiedWebhook(
+            provider="stripe", venue_id=venue_id, received_at=utcnow(), headers={},
+            body=base64.b64encode(json.dumps(event).encode()).decode(),
+        ).to_json_bytes()
+
+    daemon.provider.transient_failures = 1
+    await daemon.publish(thin_event(), "webhook.stripe", exchange="integration.webhooks")
+    await daemon.probed(
+        lambda m: m.routing_key == "stripe.customers.upserted" and body_of(m)["external_id"] == "cus_thin"
+    )
+    retried = await daemon.pool.fetch(
+        "SELECT headers FROM outbox WHERE routing_key = 'webhook.stripe' AND headers ? 'x-retry-attempt'"
+    )
+    assert [1] == [row["headers"]["x-retry-attempt"] for row in retried]
+
+    daemon.provider.transient_failures = 100
+    await daemon.publish(thin_event(), "webhook.stripe", exchange="integration.webhooks")
+    dead = await daemon.probed(lambda m: m.exchange == "integration.dead", timeout=30)
+    reason = str(dead.headers["x-death-reason"])
+    assert reason.startswith(f"gave up after {daemon.settings.retry_max_attempts} attempts")
+    assert "network" == dead.headers["x-error-category"]
