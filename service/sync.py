@@ -87,7 +87,8 @@ class JobRunner:
         self._started_at: Any = None
 
     async def run(self) -> tuple[str, Announced]:
-        """Run the job to its end; return (status, outbox ids). Raises RetryLater."""
+        """Run the job to its end; return (status, outbox rows to publish). Raises RetryLater
+        or AlreadyFinished."""
         from service.engine import RetryLater
 
         row = await self._start()

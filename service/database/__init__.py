@@ -68,7 +68,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     asyncpg still rolls back a transaction left open; beyond that our code keeps no session
     state on pooled connections: no LISTEN, no session advisory lock (only
     ``pg_advisory_xact_lock``), no ``SET`` but ``SET LOCAL``, no open cursors outside a
-    transaction. tests/integration/test_database.py checks that a released connection comes
+    transaction. tests/integration/test_database_pool.py checks that a released connection comes
     back clean.
     """
 

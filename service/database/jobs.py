@@ -28,6 +28,13 @@ async def get_job(conn: Conn, job_id: str, *, for_update: bool = False) -> async
     return await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM sync_jobs WHERE job_id = $1{lock}", job_id)
 
 
+def _one_row_each(jobs: list[Start] | list[Finish]) -> None:
+    """A statement cannot write one row twice: a batch holding a job_id twice (the same job
+    delivered twice at once) is refused, and the Coalescer then runs its jobs one by one."""
+    if len({job.job_id for job in jobs}) < len(jobs):
+        raise ValueError("one job_id twice in a batch")
+
+
 @dataclass(frozen=True, slots=True)
 class Start:
     """One job to mark running, for ``start_jobs``."""
@@ -51,8 +58,7 @@ async def start_jobs(conn: Conn, jobs: list[Start]) -> list[asyncpg.Record]:
 
     A job already succeeded or partial is left alone: its row's job columns are then NULL
     and ``previous_status`` / ``previous_result`` say how it ended (a duplicate)."""
-    if len({job.job_id for job in jobs}) < len(jobs):
-        raise ValueError("one job_id twice in a batch")
+    _one_row_each(jobs)
     rows = await conn.fetch(
         f"""
         WITH input AS (
@@ -151,8 +157,7 @@ async def finish_jobs(conn: Conn, jobs: list[Finish]) -> list[list[StoredMessage
     them, in one statement (atomic on its own, or part of the caller's transaction): group
     commit for concurrent jobs. Per job, in order, the outbox rows to publish. Two jobs of
     one batch may not share a job_id."""
-    if len({job.job_id for job in jobs}) < len(jobs):
-        raise ValueError("one job_id twice in a batch")
+    _one_row_each(jobs)
     reached: dict[tuple[str, str, str], Cursor] = {}
     for job in jobs:  # two pulls of one venue's entity in a batch: the later cursor wins
         if job.cursor is not None:

@@ -7,11 +7,10 @@ returns the current row and the change is computed again. So a process alone on 
 account grants in one round trip (no BEGIN, no ``SELECT ... FOR UPDATE``, no COMMIT), the
 grants of several accounts made at the same moment share that statement (group commit, see
 batching.py), and any number of processes still apply changes atomically, one version
-after another. A
-change that writes nothing (no free slot, a wait too long) is confirmed on a fresh read,
-so a stale copy never decides alone. The ``state`` column holds the JSON of
-``BucketState`` except ``paused_until``, which has its own column so an operator can read
-a pause at a glance. Writes go through the relaxed pool (no wait for the WAL flush): a
+after another. A change that writes nothing (no free slot, a wait too long) is confirmed
+on a fresh read, so a stale copy never decides alone. The ``state`` column holds the JSON
+of ``BucketState`` except ``paused_until``, which has its own column so an operator can
+read a pause at a glance. Writes go through the relaxed pool (no wait for the WAL flush): a
 bucket lost in a database crash only forgets the last instants of spacing.
 """
 
@@ -132,7 +131,6 @@ class PostgresBucketStore:
     async def _write_many(self, writes: list[_Write]) -> list[Mapping[str, Any]]:
         """Compare-and-set the accounts of concurrent grants in one statement, in key order
         (so two processes writing overlapping accounts lock them in the same order)."""
-        ordered = sorted(writes, key=lambda w: (w.provider, w.account))
         async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             if len(writes) == 1:
                 w = writes[0]
@@ -141,6 +139,7 @@ class PostgresBucketStore:
                     w.state.paused_until, w.version, timeout=COMMAND_TIMEOUT_S,
                 )
                 return [row or {"written": None, "version": None}]  # the row is gone: fetched again
+            ordered = sorted(writes, key=lambda w: (w.provider, w.account))
             rows = await conn.fetch(
                 _COMPARE_AND_SET,
                 [w.provider for w in ordered],
