@@ -11,6 +11,9 @@ shared host does) moves both sides of each ratio alike.
 - ``reference_msgs_per_s``: a bare aio-pika consumer (same prefetch) that makes the same HTTP
   call through aiohttp, writes one row with asyncpg and acks; ``ratio`` = daemon / reference
   (target >= 0.8);
+- ``cpu_ms_per_msg``: CPU milliseconds per message of each side, split into its own process
+  (the daemon; the reference runs inside this script), the sandbox, PostgreSQL and RabbitMQ,
+  so the ratio can be read against the work each side asks of the machine;
 - ``rss_mb``: the daemon's resident memory sampled while it consumes with a backlog of
   ``--backlog`` messages waiting, at small and full backlog (target: under 200 MB, flat).
 
@@ -52,6 +55,51 @@ def free_port() -> int:
 
 def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def servers_cpu() -> dict[str, float]:
+    """CPU used so far by every PostgreSQL and RabbitMQ process on this machine."""
+    names = {"postgres": "postgres", "beam.smp": "rabbitmq"}
+    used = dict.fromkeys(names.values(), 0.0)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                side = names.get((entry / "comm").read_text().strip())
+            except OSError:
+                continue
+            if side is not None:
+                used[side] += cpu_seconds(int(entry.name))
+    return used
+
+
+class CpuMeter:
+    """CPU milliseconds per message of one side of a round: its own process, the sandbox,
+    PostgreSQL and RabbitMQ (the whole servers: nothing else runs during a round)."""
+
+    def __init__(self, own_pid: int, sandbox_pid: int) -> None:
+        self._pids = {"process": own_pid, "sandbox": sandbox_pid}
+        self._start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        return {**{side: cpu_seconds(pid) for side, pid in self._pids.items()}, **servers_cpu()}
+
+    def per_message(self, messages: int) -> dict[str, float]:
+        end = self._read()
+        used = {side: 1000 * (end[side] - self._start[side]) / messages for side in end}
+        used["total"] = sum(used.values())
+        return {side: round(ms, 3) for side, ms in used.items()}
 
 
 def rss_mb(pid: int) -> float:
@@ -97,6 +145,7 @@ class Bench:
         }
         self.keys: dict[str, str] = {}
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.sandbox_pid = 0
 
     def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
@@ -111,7 +160,7 @@ class Bench:
         await asyncio.to_thread(
             subprocess.run, [CLI, "migrate"], env=self.env, check=True, capture_output=True, timeout=120
         )
-        self.spawn("sandbox", "--port", str(self.sandbox_port))
+        self.sandbox_pid = self.spawn("sandbox", "--port", str(self.sandbox_port)).pid
         await wait_http(f"{self.sandbox_url}/_sandbox/accounts")
         async with aiohttp.ClientSession() as session:
             for i in range(self.args.venues):
@@ -182,7 +231,7 @@ class Bench:
         finally:
             await conn.close()
 
-    async def daemon_rate(self) -> float:
+    async def daemon_rate(self) -> tuple[float, dict[str, float]]:
         """From ready to the last job's finished_at (the daemon's own clock, this host's):
         polled twice a second, so the poll neither adds its latency nor takes the CPU."""
         n = self.args.messages
@@ -191,6 +240,7 @@ class Bench:
         port = free_port()
         daemon = self.spawn("run", "--port", str(port))
         await wait_http(f"http://127.0.0.1:{port}/readyz")
+        meter = CpuMeter(daemon.pid, self.sandbox_pid)
         started, deadline = time.time(), time.monotonic() + 300
         while True:
             done, last = await self.finished_jobs()
@@ -200,11 +250,12 @@ class Bench:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the daemon finished {done} of {n} jobs in 300 s")
             await asyncio.sleep(0.5)
+        cpu = meter.per_message(n)
         daemon.terminate()
         daemon.wait(timeout=60)
-        return n / (last - started)
+        return n / (last - started), cpu
 
-    async def reference_rate(self) -> float:
+    async def reference_rate(self) -> tuple[float, dict[str, float]]:
         """A bare consumer: same HTTP call, one asyncpg insert, ack."""
         n = self.args.messages
         connection = await aio_pika.connect(self.amqp_url)
@@ -241,13 +292,15 @@ class Bench:
                 if count >= n:
                     done.set()
 
+            meter = CpuMeter(os.getpid(), self.sandbox_pid)
             started = time.monotonic()
             await queue.consume(handle)
             await asyncio.wait_for(done.wait(), timeout=300)
             elapsed = time.monotonic() - started
+            cpu = meter.per_message(n)
             await queue.delete(if_unused=False, if_empty=False)
         await pool.close()
-        return n / elapsed
+        return n / elapsed, cpu
 
     async def rss_under_backlog(self) -> dict[str, float]:
         """Publish the backlog, start the daemon, sample its RSS as it consumes."""
@@ -289,6 +342,10 @@ class Bench:
         rabbitmqctl("delete_vhost", self.vhost)
 
 
+def median_each(samples: list[dict[str, float]]) -> dict[str, float]:
+    return {key: round(statistics.median(s[key] for s in samples), 3) for key in samples[0]}
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=4000, help="messages per round and side")
@@ -300,11 +357,12 @@ async def main() -> None:
     bench = Bench(args)
     try:
         await bench.setup()
-        rounds = []
+        rounds, cpu = [], []
         for _ in range(args.rounds):
-            daemon = await bench.daemon_rate()
-            reference = await bench.reference_rate()
+            daemon, daemon_cpu = await bench.daemon_rate()
+            reference, reference_cpu = await bench.reference_rate()
             rounds.append((daemon, reference))
+            cpu.append((daemon_cpu, reference_cpu))
             print(f"round {len(rounds)}: daemon {daemon:.1f} msg/s, reference {reference:.1f} msg/s,"
                   f" ratio {daemon / reference:.3f}", file=sys.stderr, flush=True)
         memory = await bench.rss_under_backlog()
@@ -321,6 +379,10 @@ async def main() -> None:
                 "ratio": round(statistics.median(d / r for d, r in rounds), 3),
                 "ratio_per_round": [round(d / r, 3) for d, r in rounds],
                 "target_ratio": 0.8,
+                "cpu_ms_per_msg": {
+                    "daemon": median_each([d for d, _ in cpu]),
+                    "reference": median_each([r for _, r in cpu]),
+                },
                 **memory,
                 "target_rss_mb": 200,
             }
