@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
+import aiormq
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
@@ -69,9 +70,22 @@ class QueueConsumer:
     def attached(self) -> bool:
         return self._tag is not None
 
+    async def check_consuming(self, *, timeout_s: float = 1.0) -> None:
+        """Raise unless the broker side of our channel holds our consumer now: after a
+        reconnect only a restored consumer gets deliveries, so this is what ready means."""
+        if self._tag is None:
+            raise RuntimeError(f"not consuming {self.queue_name}")
+        async with asyncio.timeout(timeout_s):  # a robust channel waits while reconnecting
+            underlay = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+        if self._tag not in underlay.consumers:
+            raise RuntimeError(f"consumer of {self.queue_name} not restored")
+
     async def start(self) -> None:
         await self._channel.set_qos(prefetch_count=self._prefetch)
-        self._queue = await self._channel.get_queue(self.queue_name, ensure=False)
+        # A passive declare, not get_queue(ensure=False): only a declared queue is registered
+        # with the robust channel, and only a registered queue gets its consumer back after a
+        # reconnect (aio-pika 10 restores nothing else).
+        self._queue = await self._channel.declare_queue(self.queue_name, passive=True)
         self._tag = await self._queue.consume(self._on_message, no_ack=False)
         self._metrics.consumers_attached.labels(queue=self.queue_name).set(1)
         log.info("consumer_attached", queue=self.queue_name, prefetch=self._prefetch)

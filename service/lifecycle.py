@@ -257,8 +257,10 @@ class Daemon:
                 raise RuntimeError("broker connection down")
 
         async def consumers() -> None:
-            if not self.consumers or not all(c.attached for c in self.consumers):
+            if not self.consumers:
                 raise RuntimeError("consumers not attached")
+            for consumer in self.consumers:
+                await consumer.check_consuming()
 
         web_app = web.Application()
         add_health_routes(

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
 import uuid
@@ -19,43 +18,10 @@ from providers import webhooks as hooks
 from service.vault import Vault, key_provider_from_settings
 from tests.helpers import eventually
 from tests.integration.ingress_support import drain_published
+from tests.tcp_proxy import TcpProxy
 
 COMMAND = str(Path(sys.executable).parent / "integration-service")
 SECRET = "whsec_e2e_broker_cut_secret"
-
-
-class TcpProxy:
-    """Forwards a local port to the broker; ``cut`` drops every link and refuses new ones."""
-
-    def __init__(self, target_port: int) -> None:
-        self.port = unused_port()
-        self._target_port = target_port
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
-
-    async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-        for writer in list(self._writers):
-            writer.close()
-        self._writers.clear()
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
-        self._writers.update((writer, up_writer))
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
 
 
 async def _post(session: aiohttp.ClientSession, base: str, venue_id: str, body: bytes) -> int:
