@@ -2,13 +2,17 @@
 what the stored outcome names, and only then acknowledge.
 
 A handler that cannot store an outcome (the database is away) raises; the delivery is then
-handed back to the broker after a short pause, never acknowledged. Messages that crash the
-process are the broker's to dead-letter once x-delivery-limit is reached (the backstop).
+handed back to the broker, never acknowledged, and the consumer pauses: it cancels its
+consumer and probes the database with backoff, consuming again once the probe succeeds. So an
+outage of any length leaves the messages waiting in the queue instead of spinning their
+delivery count up to x-delivery-limit. Messages that crash the process are the broker's to
+dead-letter once x-delivery-limit is reached (the backstop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -24,6 +28,7 @@ from service.ports import Delivery, Outcome
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[Delivery], Awaitable[Outcome]]
+Probe = Callable[[], Awaitable[None]]  # raises while the outcome store is away
 INFRA_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
 
 
@@ -51,6 +56,7 @@ class QueueConsumer:
         *,
         relay: OutboxRelay,
         metrics: Metrics,
+        probe: Probe,
         prefetch: int = 16,
     ) -> None:
         self._channel = channel
@@ -62,7 +68,9 @@ class QueueConsumer:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
-        self._infra_failures = 0
+        self._probe = probe
+        self._paused: asyncio.Task[None] | None = None  # probing the store before consuming again
+        self._stopping = False
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -73,6 +81,8 @@ class QueueConsumer:
     async def check_consuming(self, *, timeout_s: float = 1.0) -> None:
         """Raise unless the broker side of our channel holds our consumer now: after a
         reconnect only a restored consumer gets deliveries, so this is what ready means."""
+        if self._paused is not None:
+            raise RuntimeError(f"consuming {self.queue_name} paused: outcomes cannot be stored")
         if self._tag is None:
             raise RuntimeError(f"not consuming {self.queue_name}")
         async with asyncio.timeout(timeout_s):  # a robust channel waits while reconnecting
@@ -86,12 +96,22 @@ class QueueConsumer:
         # with the robust channel, and only a registered queue gets its consumer back after a
         # reconnect (aio-pika 10 restores nothing else).
         self._queue = await self._channel.declare_queue(self.queue_name, passive=True)
+        await self._attach()
+
+    async def _attach(self) -> None:
+        assert self._queue is not None
         self._tag = await self._queue.consume(self._on_message, no_ack=False)
         self._metrics.consumers_attached.labels(queue=self.queue_name).set(1)
         log.info("consumer_attached", queue=self.queue_name, prefetch=self._prefetch)
 
     async def stop_consuming(self) -> None:
         """Take no new deliveries; those in flight go on."""
+        self._stopping = True
+        if self._paused is not None:
+            self._paused.cancel()
+        await self._detach()
+
+    async def _detach(self) -> None:
         if self._queue is not None and self._tag is not None:
             try:
                 await asyncio.wait_for(self._queue.cancel(self._tag), timeout=5)
@@ -99,6 +119,34 @@ class QueueConsumer:
                 log.warning("consumer_cancel_failed", queue=self.queue_name, error=str(exc))
         self._tag = None
         self._metrics.consumers_attached.labels(queue=self.queue_name).set(0)
+
+    def _pause(self) -> None:
+        """Stop taking deliveries until the probe passes (once, however many fail at once)."""
+        if self._paused is not None or self._stopping:
+            return
+        # A fresh context: the failed delivery's log bindings (its job_id) are not the pause's.
+        self._paused = asyncio.create_task(
+            self._recover(), name=f"recover-{self.queue_name}", context=contextvars.Context()
+        )
+
+    async def _recover(self) -> None:
+        await self._detach()
+        log.warning("consumer_paused", queue=self.queue_name)
+        failures = 0
+        while True:
+            await asyncio.sleep(INFRA_BACKOFF_S[min(failures, len(INFRA_BACKOFF_S) - 1)])
+            try:
+                await self._probe()
+                break
+            except Exception as exc:
+                failures += 1
+                log.warning("consumer_still_paused", queue=self.queue_name, error=str(exc), probes=failures)
+        try:
+            if not self._stopping:
+                await self._attach()
+                log.info("consumer_resumed", queue=self.queue_name, probes=failures + 1)
+        finally:
+            self._paused = None
 
     async def drain(self, grace_s: float) -> int:
         """Wait up to grace_s for in-flight deliveries; cancel the rest (the broker
@@ -136,7 +184,6 @@ class QueueConsumer:
         except Exception as exc:
             await self._infra_failure(message, exc)
             return
-        self._infra_failures = 0
         try:
             await self._relay.publish_stored(outcome.outbox)
         except Exception as exc:  # committed: the relay loop publishes it later
@@ -168,15 +215,8 @@ class QueueConsumer:
                 pass
 
     async def _infra_failure(self, message: AbstractIncomingMessage, exc: Exception) -> None:
-        pause = INFRA_BACKOFF_S[min(self._infra_failures, len(INFRA_BACKOFF_S) - 1)]
-        self._infra_failures += 1
-        log.error(
-            "outcome_not_stored",
-            queue=self.queue_name,
-            error=f"{exc.__class__.__name__}: {exc}",
-            retry_in_s=pause,
-        )
-        await asyncio.sleep(pause)  # an outage: don't spin the delivery count
+        log.error("outcome_not_stored", queue=self.queue_name, error=f"{exc.__class__.__name__}: {exc}")
+        self._pause()
         await _hand_back(message)
         self._metrics.messages_consumed.labels(queue=self.queue_name, outcome="requeued").inc()
 

@@ -6,6 +6,7 @@ The only module that knows every other one; nothing imports it but the CLI.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -229,6 +230,7 @@ class Daemon:
     async def _start_consumers(self) -> None:
         from consumers.consumer import QueueConsumer
         from consumers.topology import SYNC_QUEUE, WEBHOOK_QUEUE
+        from service.database import ping
 
         engine, webhooks = build_engine(self.app)
         for queue, handler in ((SYNC_QUEUE, engine.handle_sync), (WEBHOOK_QUEUE, webhooks.handle)):
@@ -239,6 +241,7 @@ class Daemon:
                 handler,
                 relay=self.app.relay,
                 metrics=self.app.metrics,
+                probe=functools.partial(ping, self.app.pool),
                 prefetch=self.prefetch,
             )
             await consumer.start()

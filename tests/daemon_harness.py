@@ -25,7 +25,7 @@ from consumers.publishers import AmqpPublisher, MessageRoutes, OutboxRelay
 from consumers.topology import DEAD_EXCHANGE, EVENTS_EXCHANGE, SYNC_QUEUE, WEBHOOK_QUEUE, declare_topology
 from providers.base import Page, ParsedWebhook, ProviderRecord, PushItem, PushResult, WebhookChange
 from service.config import Settings
-from service.database import create_pool
+from service.database import create_pool, ping
 from service.database.outbox import OutboxMessage
 from service.engine import Engine, EngineDeps
 from service.errors import IntegrationError, NetworkError, ValidationError
@@ -266,7 +266,10 @@ async def running_daemon(
         stack.callback(stop.set)
         consumers: list[QueueConsumer] = []
         for queue, handler in ((SYNC_QUEUE, engine.handle_sync), (WEBHOOK_QUEUE, webhooks.handle)):
-            consumer = QueueConsumer(await connection.channel(), queue, handler, relay=relay, metrics=metrics)
+            consumer = QueueConsumer(
+                await connection.channel(), queue, handler, relay=relay, metrics=metrics,
+                probe=functools.partial(ping, pool),
+            )
             await consumer.start()
             stack.push_async_callback(consumer.drain, 5)
             stack.push_async_callback(consumer.stop_consuming)

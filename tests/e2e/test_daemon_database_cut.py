@@ -1,7 +1,8 @@
 """`integration-service run` with its PostgreSQL link cut and restored through a TCP proxy: it
 stops being ready, hands back what it cannot store instead of acknowledging it, and once the
 link is back the push published during the cut runs once (one object per record at the
-sandbox) and the daemon is ready again."""
+sandbox) and the daemon is ready again. While the database is away the consumer is paused,
+so the message waits in the queue instead of being redelivered towards x-delivery-limit."""
 
 from __future__ import annotations
 
@@ -76,6 +77,9 @@ async def test_daemon_hands_back_and_resumes_after_a_database_cut(
             lambda: asyncio.to_thread(lambda: _requeued(daemon) >= 1), timeout=30, what="the push handed back"
         )
         assert [] == customers_at_sandbox(sandbox_server, key)  # nothing ran without its job row
+        status, body = await asyncio.to_thread(daemon.get, "/readyz")
+        assert 503 == status
+        assert "paused" in body["checks"]["consumers"]  # waiting in the queue, not spinning its delivery count
 
         await proxy.start()
         finished = await eventually(
