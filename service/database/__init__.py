@@ -73,17 +73,29 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, relaxed: bool = False) -> Pool:
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, relaxed: bool = False, generic_plans: bool = False
+) -> Pool:
     """Open a pool; raise NetworkError / ConfigurationError naming the database.
 
     ``relaxed=True``: every commit on it returns before its WAL is flushed (see
     relaxed_commit); only for writes a redelivery redoes, never for an outcome before an ack.
+
+    ``generic_plans=True``: prepared statements keep one generic plan instead of being planned
+    again for each call's values. The daemon's statements look rows up by key, so the generic
+    plan is the custom one; but PostgreSQL never trusts the generic plan of a statement that
+    reads array parameters (unnest) and plans those afresh every time, which cost the job
+    start and finish statements more than their execution. Not for the CLI's optional-filter
+    queries (``$1 IS NULL OR ...``), where only a custom plan can use an index.
     """
+    settings = {"synchronous_commit": "off"} if relaxed else {}
+    if generic_plans:
+        settings["plan_cache_mode"] = "force_generic_plan"
     try:
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, init=_init_connection,
             command_timeout=COMMAND_TIMEOUT_S, timeout=CONNECT_TIMEOUT_S, reset=_keep_session,
-            server_settings={"synchronous_commit": "off"} if relaxed else None,
+            server_settings=settings or None,
         )
     except Exception as exc:  # translated at the boundary
         raise translate(exc, dsn) from exc

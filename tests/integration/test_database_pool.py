@@ -37,3 +37,25 @@ async def test_relaxed_pool_skips_the_flush_and_the_main_pool_does_not(services:
             assert await conn.fetchval("SHOW synchronous_commit") == "off"
     finally:
         await relaxed.close()
+
+
+async def test_generic_plans_pool_plans_once_and_the_default_pool_per_call(services: Any) -> None:
+    """A pool made with generic_plans executes a prepared statement on its generic plan."""
+
+    async def plan(pool: Any) -> str:
+        async with pool.acquire() as conn:
+            await conn.execute("PREPARE counted(name) AS SELECT count(*) FROM pg_class WHERE relname = $1")
+            try:
+                rows = await conn.fetch("EXPLAIN EXECUTE counted('pg_class')")
+            finally:
+                await conn.execute("DEALLOCATE counted")
+        return "\n".join(row[0] for row in rows)
+
+    generic = await create_pool(services.database_url, min_size=1, max_size=1, generic_plans=True)
+    default = await create_pool(services.database_url, min_size=1, max_size=1)
+    try:
+        assert "$1" in await plan(generic)  # a generic plan names the parameter
+        assert "$1" not in await plan(default)  # a custom plan has the value in its place
+    finally:
+        await generic.close()
+        await default.close()
