@@ -184,12 +184,15 @@ class QueueConsumer:
         except Exception as exc:
             await self._infra_failure(message, exc)
             return
+        # The outcome and the messages announcing it are committed: acknowledge first, so the
+        # prefetch slot is free while the broker confirms our publishes (the relay loop
+        # publishes whatever this process does not live to publish).
+        await message.ack()
+        self._metrics.messages_consumed.labels(queue=self.queue_name, outcome=_metric_outcome(outcome)).inc()
         try:
             await self._relay.publish_stored(outcome.outbox)
         except Exception as exc:  # committed: the relay loop publishes it later
             log.warning("inline_publish_failed", error=f"{exc.__class__.__name__}: {exc}")
-        await message.ack()
-        self._metrics.messages_consumed.labels(queue=self.queue_name, outcome=_metric_outcome(outcome)).inc()
 
     def _observe_age(self, message: AbstractIncomingMessage) -> None:
         published = message.timestamp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -49,6 +50,32 @@ async def test_push_succeeds_and_publishes_events_and_result(daemon: Harness, ve
     assert "integration.job_result.v1" == body_of(result)["schema"]
     keys = [key for op, key in daemon.provider.calls if op == "push"]
     assert sorted(idempotency_key(request.job_id, f"cust-{i}", "create") for i in range(3)) == sorted(keys)
+
+
+async def test_a_stored_outcome_is_acknowledged_before_its_result_is_confirmed(
+    daemon: Harness, venue_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delivery is acknowledged once its outcome is committed, while the job result's
+    publish still waits for the broker; the result is published when the broker answers."""
+    await daemon.credential(venue_id)
+    confirm = asyncio.Event()
+    publish = daemon.publisher.publish
+
+    async def slow_results(message: Any, **kwargs: Any) -> None:
+        if message.routing_key.startswith("job."):
+            await confirm.wait()
+        await publish(message, **kwargs)
+
+    monkeypatch.setattr(daemon.publisher, "publish", slow_results)
+    request = push(venue_id, [customer(1)])
+    await daemon.request(request)
+    consumed = daemon.metrics.messages_consumed.labels(queue="integration.sync-requests", outcome="succeeded")
+    await eventually(lambda: consumed._value.get() == 1, what="the delivery acknowledged")
+    seen = [daemon.probe.get_nowait().routing_key for _ in range(daemon.probe.qsize())]
+    assert "job.succeeded" not in seen  # no result yet: its publish is still waiting
+    confirm.set()
+    result = await daemon.probed(lambda m: m.routing_key == "job.succeeded" and body_of(m)["job_id"] == request.job_id)
+    assert "succeeded" == body_of(result)["status"]
 
 
 async def test_same_job_id_twice_runs_once_and_replies_with_stored_result(
