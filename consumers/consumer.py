@@ -29,6 +29,7 @@ log = structlog.get_logger(__name__)
 
 Handler = Callable[[Delivery], Awaitable[Outcome]]
 Probe = Callable[[], Awaitable[None]]  # raises while the outcome store is away
+PUBLISHING_PER_PREFETCH = 4  # acknowledged deliveries still publishing, per prefetch slot
 INFRA_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
 
 
@@ -68,6 +69,9 @@ class QueueConsumer:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
+        # Acknowledged deliveries whose messages are still being published: bounded, so a
+        # broker slow to confirm slows consumption down instead of growing our memory.
+        self._publishing = asyncio.Semaphore(PUBLISHING_PER_PREFETCH * prefetch)
         self._probe = probe
         self._paused: asyncio.Task[None] | None = None  # probing the store before consuming again
         self._stopping = False
@@ -187,12 +191,13 @@ class QueueConsumer:
         # The outcome and the messages announcing it are committed: acknowledge first, so the
         # prefetch slot is free while the broker confirms our publishes (the relay loop
         # publishes whatever this process does not live to publish).
-        await message.ack()
-        self._metrics.messages_consumed.labels(queue=self.queue_name, outcome=_metric_outcome(outcome)).inc()
-        try:
-            await self._relay.publish_stored(outcome.outbox)
-        except Exception as exc:  # committed: the relay loop publishes it later
-            log.warning("inline_publish_failed", error=f"{exc.__class__.__name__}: {exc}")
+        async with self._publishing:
+            await message.ack()
+            self._metrics.messages_consumed.labels(queue=self.queue_name, outcome=_metric_outcome(outcome)).inc()
+            try:
+                await self._relay.publish_stored(outcome.outbox)
+            except Exception as exc:  # committed: the relay loop publishes it later
+                log.warning("inline_publish_failed", error=f"{exc.__class__.__name__}: {exc}")
 
     def _observe_age(self, message: AbstractIncomingMessage) -> None:
         published = message.timestamp

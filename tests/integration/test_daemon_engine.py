@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from consumers.consumer import PUBLISHING_PER_PREFETCH
 from service.messages import SyncRequest, VerifiedWebhook, idempotency_key, utcnow
 from tests.daemon_harness import Harness, body_of, running_daemon
 from tests.helpers import eventually
@@ -76,6 +77,40 @@ async def test_a_stored_outcome_is_acknowledged_before_its_result_is_confirmed(
     confirm.set()
     result = await daemon.probed(lambda m: m.routing_key == "job.succeeded" and body_of(m)["job_id"] == request.job_id)
     assert "succeeded" == body_of(result)["status"]
+
+
+async def test_acknowledged_deliveries_waiting_for_confirms_are_bounded(
+    daemon: Harness, venue_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the broker not confirming, at most PUBLISHING_PER_PREFETCH x prefetch stored
+    outcomes are acknowledged; the rest wait unacknowledged until the confirms come."""
+    await daemon.credential(venue_id)
+    confirm = asyncio.Event()
+    publish = daemon.publisher.publish
+
+    async def slow_results(message: Any, **kwargs: Any) -> None:
+        if message.routing_key.startswith("job."):
+            await confirm.wait()
+        await publish(message, **kwargs)
+
+    monkeypatch.setattr(daemon.publisher, "publish", slow_results)
+    bound = PUBLISHING_PER_PREFETCH * 16
+    requests = [push(venue_id, [customer(i)]) for i in range(bound + 16)]  # 16: the prefetch
+    for request in requests:
+        await daemon.request(request)
+
+    async def all_stored() -> bool:
+        count = await daemon.pool.fetchval(
+            "SELECT count(*) FROM sync_jobs WHERE job_id = ANY($1::text[]) AND status = 'succeeded'",
+            [r.job_id for r in requests],
+        )
+        return bool(count == len(requests))
+
+    await eventually(all_stored, timeout=30, what="every outcome stored")
+    consumed = daemon.metrics.messages_consumed.labels(queue="integration.sync-requests", outcome="succeeded")
+    assert bound == consumed._value.get()
+    confirm.set()
+    await eventually(lambda: consumed._value.get() == len(requests), timeout=30, what="the rest acknowledged")
 
 
 async def test_same_job_id_twice_runs_once_and_replies_with_stored_result(
