@@ -8,6 +8,7 @@ keys make any repeated provider write a replay).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Iterator
@@ -91,7 +92,12 @@ class JobRunner:
         or AlreadyFinished."""
         from service.engine import RetryLater
 
-        row = await self._start()
+        first = self._read_ahead()
+        try:
+            row = await self._start()
+        except BaseException:
+            await _discard(first)
+            raise
         if self._r.direction == "push":  # the record log is the truth after a crash
             counts, errors = await jobs_db.outcome_tally(self._d.pool, self._r.job_id)
             tally = Tally(counts, errors)
@@ -99,11 +105,11 @@ class JobRunner:
             tally = Tally(row["counts"], row["errors"])
         client = self._d.clients[self._r.provider]
         try:
-            auth = await self._d.auth_for(self._r.venue_id, self._r.provider)
-            if self._r.direction == "push":
+            if first is None:
+                auth = await self._d.auth_for(self._r.venue_id, self._r.provider)
                 await self._push(client, auth, tally)
             else:
-                await self._pull(client, auth, tally, row["progress"])
+                await self._pull(client, tally, row["progress"], first)
         except IntegrationError as exc:
             if exc.retryable:
                 raise RetryLater(exc) from exc
@@ -111,6 +117,24 @@ class JobRunner:
         if self.finished is not None:  # the last page's transaction stored the result
             return self.finished, tuple(self._outbox)
         return await self._finish(tally, row["started_at"])
+
+    def _read_ahead(self) -> asyncio.Task[tuple[VenueAuth, dict[str, Any] | None, Page]] | None:
+        """For a pull, start reading its first page while the job start is being stored: a
+        read with no side effect, so one round trip less before the provider call. It is
+        thrown away when the job turns out to be a duplicate, or a crashed run left a page to
+        resume from. Writes (a push) never go ahead of their job row."""
+        if self._r.direction != "pull":
+            return None
+        return asyncio.ensure_future(self._first_page())
+
+    async def _first_page(self) -> tuple[VenueAuth, dict[str, Any] | None, Page]:
+        r = self._r
+        auth = await self._d.auth_for(r.venue_id, r.provider)
+        resume = None if r.mode == "full" else await jobs_db.get_cursor(self._d.pool, r.venue_id, r.provider, r.entity)
+        page = await self._d.clients[r.provider].pull_page(
+            auth, r.entity, cursor=None, resume=resume, options=r.options
+        )
+        return auth, resume, page
 
     async def _start(self) -> Any:
         """Mark the job running, in a statement shared with the jobs starting at the same
@@ -278,29 +302,33 @@ class JobRunner:
     # Pull ----------------------------------------------------------------------------
 
     async def _pull(
-        self, client: Any, auth: VenueAuth, tally: Tally, progress: dict[str, Any] | None
+        self,
+        client: Any,
+        tally: Tally,
+        progress: dict[str, Any] | None,
+        first: asyncio.Task[tuple[VenueAuth, dict[str, Any] | None, Page]],
     ) -> None:
+        """Page by page from the first page read ahead, or from the page a crashed run
+        stored in ``progress``."""
         r = self._r
-        mapping = self._mapping(await self._override())
-        if progress is not None:
-            cursor, resume = progress.get("cursor"), progress.get("resume")
-        else:
+        page: Page | None
+        if progress is None:
+            auth, resume, page = await first
             cursor = None
-            resume = (
-                None
-                if r.mode == "full"
-                else await jobs_db.get_cursor(self._d.pool, r.venue_id, r.provider, r.entity)
-            )
+        else:
+            await _discard(first)
+            auth = await self._d.auth_for(r.venue_id, r.provider)
+            cursor, resume, page = progress.get("cursor"), progress.get("resume"), None
+        mapping = self._mapping(await self._override())
         pages = 0
         while True:
-            page: Page = await client.pull_page(
-                auth, r.entity, cursor=cursor, resume=resume, options=r.options
-            )
+            if page is None:
+                page = await client.pull_page(auth, r.entity, cursor=cursor, resume=resume, options=r.options)
             pages += 1
             await self._store_page(page, mapping, tally, resume, auth)
             if page.next_cursor is None:
                 break
-            cursor = page.next_cursor
+            cursor, page = page.next_cursor, None
         log.info("sync_pulled", pages=pages, processed=tally.counts["processed"])
 
     async def _store_page(
@@ -448,6 +476,17 @@ def platform_id_of(data: dict[str, Any]) -> str | None:
     """The platform id a mapped record carries, if any."""
     value = data.get("id")
     return str(value) if value not in (None, "") else None
+
+
+async def _discard(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a read-ahead nobody needs and wait for it to end; its outcome is dropped, but
+    this task's own cancellation still propagates."""
+    if task is None:
+        return
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not report it as never retrieved
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -357,6 +357,57 @@ async def test_pull_pages_store_cursor_and_incremental_emits_only_changes(
     assert some["id"] == body_of(event)["external_id"]
 
 
+async def test_a_pull_resumes_from_a_crashed_runs_page_and_drops_its_read_ahead(
+    daemon: Harness, venue_id: str
+) -> None:
+    """The first page read ahead of the job start is thrown away when a crashed run of the
+    same job stored a page to resume from: only the pages from there on are counted."""
+    await daemon.credential(venue_id)
+    seed = push(venue_id, [customer(i) for i in range(5)])
+    await daemon.request(seed)
+    await eventually(lambda: daemon.finished(seed.job_id))
+    daemon.provider.page_size = 2
+    pull = SyncRequest(
+        job_id=str(uuid.uuid4()), venue_id=venue_id, provider="stripe", entity="customers",
+        direction="pull", mode="full",
+    )  # fmt: skip
+    await daemon.pool.execute(
+        "INSERT INTO sync_jobs (job_id, venue_id, provider, entity, direction, mode, status, attempts, progress)"
+        " VALUES ($1, $2, 'stripe', 'customers', 'pull', 'full', 'running', 1, $3)",
+        pull.job_id,
+        venue_id,
+        {"cursor": {"offset": 2}, "resume": None},
+    )
+    await daemon.request(pull)
+    row = await eventually(lambda: daemon.finished(pull.job_id))
+    assert ("succeeded", 3) == (row["status"], row["counts"]["processed"])  # offsets 2, 3 and 4
+
+
+async def test_a_finished_pull_sent_again_stores_and_announces_nothing(daemon: Harness, venue_id: str) -> None:
+    """A duplicate pull's read-ahead page is dropped: no second result, no record event."""
+    await daemon.credential(venue_id)
+    daemon.provider.objects["obj-1"] = {"id": "obj-1", "email": "one@example.com", "updated": 1}
+    pull = SyncRequest(
+        job_id=str(uuid.uuid4()), venue_id=venue_id, provider="stripe", entity="customers",
+        direction="pull", mode="full",
+    )  # fmt: skip
+    await daemon.request(pull)
+    first = await eventually(lambda: daemon.finished(pull.job_id))
+    await daemon.request(pull)
+    consumed = daemon.metrics.messages_consumed.labels(queue="integration.sync-requests", outcome="duplicate")
+    await eventually(lambda: consumed._value.get() == 1, what="the duplicate acknowledged")
+    assert first["finished_at"] == (await daemon.finished(pull.job_id))["finished_at"]
+    results = await daemon.pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE routing_key LIKE 'job.%' AND message_id LIKE $1", f"result-{pull.job_id}-%"
+    )
+    events = await daemon.pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE routing_key = 'stripe.customers.upserted'"
+        " AND convert_from(body, 'UTF8') LIKE $1",
+        f"%{venue_id}%obj-1%",
+    )
+    assert (1, 1) == (results, events)
+
+
 async def test_same_webhook_event_twice_yields_one_record_event(daemon: Harness, venue_id: str) -> None:
     """Webhook dedupe: the same provider event delivered twice produces one record event."""
     await daemon.credential(venue_id)
