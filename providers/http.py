@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +61,8 @@ TIMEOUTS: dict[str, aiohttp.ClientTimeout] = {
     "mailchimp": aiohttp.ClientTimeout(total=60, connect=5, sock_read=55),
 }
 OAUTH_TIMEOUT = aiohttp.ClientTimeout(total=20, connect=5)
+
+QueryParams = Mapping[str, Any] | Sequence[tuple[str, str]]  # pairs keep repeated or bracketed keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +169,7 @@ class ProviderHttp:
 
     async def request(
         self, spec: ProviderSpec, auth: VenueAuth, method: str, url: str, *, operation: str,
-        params: Mapping[str, Any] | None = None, json_body: Any = None, data: Any = None,
+        params: QueryParams | None = None, json_body: Any = None, data: Any = None,
         headers: Mapping[str, str] | None = None, sign: bool = True,
     ) -> HttpReply:
         """One call; returns a 2xx reply or raises IntegrationError (see module docstring).
@@ -195,7 +197,7 @@ class ProviderHttp:
 
     async def _attempt(
         self, spec: ProviderSpec, auth: VenueAuth, method: str, url: str, operation: str,
-        params: Mapping[str, Any] | None, json_body: Any, data: Any,
+        params: QueryParams | None, json_body: Any, data: Any,
         headers: Mapping[str, str] | None, sign: bool,
     ) -> HttpReply:
         merged = dict(spec.headers)
@@ -209,7 +211,7 @@ class ProviderHttp:
 
     async def send(
         self, spec: ProviderSpec, method: str, url: str, *, operation: str,
-        params: Mapping[str, Any] | None = None, json_body: Any = None, data: Any = None,
+        params: QueryParams | None = None, json_body: Any = None, data: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> HttpReply:
         """The bare call inside the limiter gate (see :func:`send_request`)."""
@@ -237,7 +239,7 @@ class ProviderHttp:
 
 async def send_request(
     session: aiohttp.ClientSession, spec: ProviderSpec, method: str, url: str, *, operation: str,
-    metrics: Metrics | None, params: Mapping[str, Any] | None = None, json_body: Any = None,
+    metrics: Metrics | None, params: QueryParams | None = None, json_body: Any = None,
     data: Any = None, headers: Mapping[str, str] | None = None,
     timeout: aiohttp.ClientTimeout | None = None,
 ) -> HttpReply:

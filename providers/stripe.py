@@ -1,10 +1,14 @@
-"""StripeClient: the ProviderClient for Stripe, through the ``stripe`` SDK's async methods.
+"""StripeClient: the ProviderClient for Stripe: writes through the ``stripe`` SDK's async
+methods, list pages as plain GETs through the shared helper.
 
 The SDK's ``StripeClient`` is pointed at ``STRIPE_API_BASE`` with ``max_network_retries=0``
 and an HTTP client (:class:`GatedHttpClient`) that sends every request through the shared
 helper, so the rate limiter, timeouts, metrics and error mapping apply to the SDK's calls
-too (the helper raises our errors before the SDK sees a non-2xx). The API version is the
-one the installed SDK pins (``stripe.api_version``): one place.
+too (the helper raises our errors before the SDK sees a non-2xx). List pages need nothing
+the SDK adds, so they go to the helper directly, with the same Bearer key, the same API
+version and the SDK's own parameter encoding (``encode_params``, checked against the SDK by
+a property test). The API version is the one the installed SDK pins (``stripe.api_version``):
+one place.
 
 Pulls: a full pull lists the entity newest first (``limit=100``, ``starting_after``); an
 incremental pull reads ``/v1/events`` created since the stored cursor (Stripe lists filter
@@ -51,6 +55,7 @@ from service.messages import VerifiedWebhook
 # No client telemetry: the SDK would read and write ~/.config/stripe on the event loop and
 # report our request timings to Stripe; neither belongs in a server.
 stripe_sdk.enable_telemetry = False
+API_VERSION: str = stripe_sdk.api_version
 
 PAGE_LIMIT = 100
 EVENT_RETENTION = timedelta(days=30)
@@ -220,10 +225,9 @@ class StripeClient:
         """One page of a full list or of the events since the stored cursor."""
         _entity(entity)
         state = dict(cursor) if cursor else self._start(entity, resume)
-        sdk = self.sdk(auth)
         if state["mode"] == "events":
-            return await self._events_page(sdk, entity, state)
-        return await self._list_page(sdk, entity, state)
+            return await self._events_page(auth, entity, state)
+        return await self._list_page(auth, entity, state)
 
     def _start(self, entity: str, resume: dict[str, Any] | None) -> dict[str, Any]:
         now = int(self._clock())
@@ -242,31 +246,34 @@ class StripeClient:
             return Page(records, {**state, "after": last_id})
         return Page(records, None, resume_cursor={"events_since": int(state["t0"]) - CLOCK_SKEW_S})
 
-    @staticmethod
-    async def _listing(sdk: stripe_sdk.StripeClient, path: str, params: dict[str, Any]) -> dict[str, Any]:
-        """One list page as plain JSON, through the SDK's raw_request: the SDK still builds
-        and signs the call, but a page of 100 objects is not turned into StripeObjects only
-        to be turned back into dicts (that round trip cost more CPU than the HTTP call)."""
-        response = await sdk.raw_request_async("get", path, **params)
-        return _dict(response.data)
+    async def _listing(self, auth: VenueAuth, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One list page as plain JSON: a GET through the shared helper (limiter, timeout,
+        error mapping) with the SDK's pinned API version, params encoded as the SDK does.
+        Reads skip the SDK: it adds nothing a GET needs, and its request building and log
+        formatting (done whether or not anybody listens) cost a quarter of a pull's CPU."""
+        reply = await self.http.request(
+            SPEC, auth, "GET", f"{self.base_url}{path}", operation=f"get {path}",
+            params=encode_params(params), headers={"Stripe-Version": API_VERSION},
+        )  # fmt: skip
+        return reply.json_object()
 
-    async def _list_page(self, sdk: stripe_sdk.StripeClient, entity: str, state: dict[str, Any]) -> Page:
+    async def _list_page(self, auth: VenueAuth, entity: str, state: dict[str, Any]) -> Page:
         params: dict[str, Any] = {"limit": PAGE_LIMIT}
         if state.get("after"):
             params["starting_after"] = state["after"]
         if state.get("created_gte") is not None:
             params["created"] = {"gte": state["created_gte"]}
-        listing = await self._listing(sdk, f"/v1/{ENTITIES[entity][0]}", params)
+        listing = await self._listing(auth, f"/v1/{ENTITIES[entity][0]}", params)
         data = _list_data(listing)
         return self._finish(state, [_record(o) for o in data], bool(listing.get("has_more")),
                             str(data[-1]["id"]) if data else None)
 
-    async def _events_page(self, sdk: stripe_sdk.StripeClient, entity: str, state: dict[str, Any]) -> Page:
+    async def _events_page(self, auth: VenueAuth, entity: str, state: dict[str, Any]) -> Page:
         _, object_type, types = ENTITIES[entity]
         params: Any = {"limit": PAGE_LIMIT, "types": list(types), "created": {"gte": state["since"]}}
         if state.get("after"):
             params["starting_after"] = state["after"]
-        listing = await self._listing(sdk, "/v1/events", params)
+        listing = await self._listing(auth, "/v1/events", params)
         events = _list_data(listing)
         seen: set[str] = set()
         records = []
@@ -374,6 +381,23 @@ def _api_key(auth: VenueAuth) -> str:
     if callable(getter):
         return str(getter())
     raise ValidationError("stripe needs an auth object with api_key()")
+
+
+def encode_params(params: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Query parameters the way Stripe (and its SDK) encodes them: ``created[gte]=1`` for a
+    dict, ``types[0]=a&types[1]=b`` for a list."""
+    pairs: list[tuple[str, str]] = []
+    for key, value in params.items():
+        name = f"{prefix}[{key}]" if prefix else str(key)
+        if isinstance(value, Mapping):
+            pairs += encode_params(value, name)
+        elif isinstance(value, list | tuple):
+            pairs += encode_params({str(i): v for i, v in enumerate(value)}, name)
+        elif isinstance(value, bool):
+            pairs.append((name, "true" if value else "false"))
+        elif value is not None:
+            pairs.append((name, str(value)))
+    return pairs
 
 
 def _list_data(listing: dict[str, Any]) -> list[dict[str, Any]]:
