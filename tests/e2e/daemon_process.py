@@ -11,6 +11,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -176,6 +177,21 @@ def job_status(database_url: str, job_id: str) -> dict[str, Any] | None:
     row = rows[0]
     row["counts"] = json.loads(row["counts"])
     return row
+
+
+def stripe_account(sandbox: Any, env: dict[str, str], venue: str, *, live: bool = False, **fault: Any) -> str:
+    """A Stripe account at the sandbox (live: 100/s, else test: 25/s) and its key in the
+    vault, with a sandbox fault when ``fault`` is given; returns the key."""
+    key = f"sk_{'live' if live else 'test'}_{uuid.uuid4().hex}"
+    sandbox.control("POST", "/_sandbox/accounts", {"provider": "stripe", "account": venue, "api_key": key})
+    if fault:
+        sandbox.control("POST", "/_sandbox/faults", {"provider": "stripe", "account": venue, **fault})
+    stored = cli(
+        env, "credentials", "set", "--venue", venue, "--provider", "stripe", "--kind", "api_key",
+        "--secret-stdin", stdin=key,
+    )  # fmt: skip
+    assert 0 == stored.returncode, stored.stderr
+    return key
 
 
 def customers_at_sandbox(sandbox: Any, key: str) -> list[dict[str, Any]]:

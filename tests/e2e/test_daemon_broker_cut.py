@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.e2e.daemon_process import DaemonProcess, cli, job_status, module_env, sandbox_env
+from tests.e2e.daemon_process import DaemonProcess, cli, job_status, module_env, sandbox_env, stripe_account
 from tests.helpers import eventually
 from tests.tcp_proxy import TcpProxy
 
@@ -62,23 +62,7 @@ async def test_daemon_resumes_consuming_and_publishing_after_a_broker_cut(
     services: Any, sandbox_server: Any, venue_id: str, tmp_path: Path
 ) -> None:
     env = sandbox_env(module_env(services, tmp_path), sandbox_server)
-    key = f"sk_test_{uuid.uuid4().hex}"
-    sandbox_server.control("POST", "/_sandbox/accounts", {"provider": "stripe", "account": venue_id, "api_key": key})
-    stored = await asyncio.to_thread(
-        cli,
-        env,
-        "credentials",
-        "set",
-        "--venue",
-        venue_id,
-        "--provider",
-        "stripe",
-        "--kind",
-        "api_key",
-        "--secret-stdin",
-        stdin=key,
-    )
-    assert 0 == stored.returncode, stored.stderr
+    await asyncio.to_thread(stripe_account, sandbox_server, env, venue_id)
 
     amqp = urlsplit(services.amqp_url)
     proxy = TcpProxy(amqp.port or 5672)

@@ -20,6 +20,9 @@ from tests.e2e.daemon_process import (
     sandbox_env,
     wait_until,
 )
+from tests.e2e.daemon_process import (
+    stripe_account as shared_stripe_account,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -31,25 +34,7 @@ def env(services: Any, sandbox_server: Any, tmp_path_factory: Any) -> dict[str, 
 
 def stripe_account(sandbox: Any, env: dict[str, str], venue: str, **fault: Any) -> str:
     """A live-mode Stripe account (100/s) at the sandbox and in the vault, with a fault."""
-    key = f"sk_live_{uuid.uuid4().hex}"
-    sandbox.control("POST", "/_sandbox/accounts", {"provider": "stripe", "account": venue, "api_key": key})
-    if fault:
-        sandbox.control("POST", "/_sandbox/faults", {"provider": "stripe", "account": venue, **fault})
-    stored = cli(
-        env,
-        "credentials",
-        "set",
-        "--venue",
-        venue,
-        "--provider",
-        "stripe",
-        "--kind",
-        "api_key",
-        "--secret-stdin",
-        stdin=key,
-    )
-    assert 0 == stored.returncode, stored.stderr
-    return key
+    return shared_stripe_account(sandbox, env, venue, live=True, **fault)
 
 
 def publish_push(env: dict[str, str], venue: str, n: int, tmp: Path) -> str:

@@ -16,7 +16,15 @@ from urllib.parse import urlsplit
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.daemon_process import DaemonProcess, cli, customers_at_sandbox, job_status, module_env, sandbox_env
+from tests.e2e.daemon_process import (
+    DaemonProcess,
+    cli,
+    customers_at_sandbox,
+    job_status,
+    module_env,
+    sandbox_env,
+    stripe_account,
+)
 from tests.helpers import eventually
 from tests.tcp_proxy import TcpProxy
 
@@ -47,13 +55,7 @@ async def test_daemon_hands_back_and_resumes_after_a_database_cut(
     services: Any, sandbox_server: Any, venue_id: str, tmp_path: Path
 ) -> None:
     env = sandbox_env(module_env(services, tmp_path), sandbox_server)
-    key = f"sk_test_{uuid.uuid4().hex}"
-    sandbox_server.control("POST", "/_sandbox/accounts", {"provider": "stripe", "account": venue_id, "api_key": key})
-    stored = await asyncio.to_thread(
-        cli, env, "credentials", "set", "--venue", venue_id, "--provider", "stripe", "--kind", "api_key",
-        "--secret-stdin", stdin=key,
-    )  # fmt: skip
-    assert 0 == stored.returncode, stored.stderr
+    key = await asyncio.to_thread(stripe_account, sandbox_server, env, venue_id)
 
     database = urlsplit(services.database_url)
     proxy = TcpProxy(database.port or 5432)

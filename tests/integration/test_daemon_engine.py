@@ -31,6 +31,20 @@ def push(venue: str, records: list[dict[str, Any]], job_id: str | None = None) -
     )
 
 
+def hold_job_results(daemon: Harness, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Job results are published (and so confirmed) only once the returned event is set."""
+    confirm = asyncio.Event()
+    publish = daemon.publisher.publish
+
+    async def held(message: Any, **kwargs: Any) -> None:
+        if message.routing_key.startswith("job."):
+            await confirm.wait()
+        await publish(message, **kwargs)
+
+    monkeypatch.setattr(daemon.publisher, "publish", held)
+    return confirm
+
+
 @pytest.fixture
 async def daemon(settings: Any, request: Any) -> Any:
     async with running_daemon(settings, name=request.node.name) as harness:
@@ -59,15 +73,7 @@ async def test_a_stored_outcome_is_acknowledged_before_its_result_is_confirmed(
     """The delivery is acknowledged once its outcome is committed, while the job result's
     publish still waits for the broker; the result is published when the broker answers."""
     await daemon.credential(venue_id)
-    confirm = asyncio.Event()
-    publish = daemon.publisher.publish
-
-    async def slow_results(message: Any, **kwargs: Any) -> None:
-        if message.routing_key.startswith("job."):
-            await confirm.wait()
-        await publish(message, **kwargs)
-
-    monkeypatch.setattr(daemon.publisher, "publish", slow_results)
+    confirm = hold_job_results(daemon, monkeypatch)
     request = push(venue_id, [customer(1)])
     await daemon.request(request)
     consumed = daemon.metrics.messages_consumed.labels(queue="integration.sync-requests", outcome="succeeded")
@@ -85,15 +91,7 @@ async def test_acknowledged_deliveries_waiting_for_confirms_are_bounded(
     """With the broker not confirming, at most PUBLISHING_PER_PREFETCH x prefetch stored
     outcomes are acknowledged; the rest wait unacknowledged until the confirms come."""
     await daemon.credential(venue_id)
-    confirm = asyncio.Event()
-    publish = daemon.publisher.publish
-
-    async def slow_results(message: Any, **kwargs: Any) -> None:
-        if message.routing_key.startswith("job."):
-            await confirm.wait()
-        await publish(message, **kwargs)
-
-    monkeypatch.setattr(daemon.publisher, "publish", slow_results)
+    confirm = hold_job_results(daemon, monkeypatch)
     bound = PUBLISHING_PER_PREFETCH * 16
     requests = [push(venue_id, [customer(i)]) for i in range(bound + 16)]  # 16: the prefetch
     for request in requests:
