@@ -190,14 +190,22 @@ class QueueConsumer:
             return
         # The outcome and the messages announcing it are committed: acknowledge first, so the
         # prefetch slot is free while the broker confirms our publishes (the relay loop
-        # publishes whatever this process does not live to publish).
+        # publishes whatever this process does not live to publish). A dead letter keeps
+        # the contract's order: stored, published to integration.dead, then acknowledged.
+        ack_first = outcome.kind != "dead_lettered"
         async with self._publishing:
-            await message.ack()
-            self._metrics.messages_consumed.labels(queue=self.queue_name, outcome=_metric_outcome(outcome)).inc()
+            if ack_first:
+                await self._ack(message, outcome)
             try:
                 await self._relay.publish_stored(outcome.outbox)
             except Exception as exc:  # committed: the relay loop publishes it later
                 log.warning("inline_publish_failed", error=f"{exc.__class__.__name__}: {exc}")
+            if not ack_first:
+                await self._ack(message, outcome)
+
+    async def _ack(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
+        await message.ack()
+        self._metrics.messages_consumed.labels(queue=self.queue_name, outcome=_metric_outcome(outcome)).inc()
 
     def _observe_age(self, message: AbstractIncomingMessage) -> None:
         published = message.timestamp

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -31,18 +32,26 @@ def push(venue: str, records: list[dict[str, Any]], job_id: str | None = None) -
     )
 
 
-def hold_job_results(daemon: Harness, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
-    """Job results are published (and so confirmed) only once the returned event is set."""
-    confirm = asyncio.Event()
+@dataclass
+class Held:
+    entered: asyncio.Event  # a held publish has started
+    release: asyncio.Event  # set it to let held publishes through
+
+
+def hold_job_results(daemon: Harness, monkeypatch: pytest.MonkeyPatch, exchange: str = "") -> Held:
+    """Job results (or, given ``exchange``, every message to it) are published, and so
+    confirmed, only once ``release`` is set."""
+    held = Held(asyncio.Event(), asyncio.Event())
     publish = daemon.publisher.publish
 
-    async def held(message: Any, **kwargs: Any) -> None:
-        if message.routing_key.startswith("job."):
-            await confirm.wait()
+    async def holding(message: Any, **kwargs: Any) -> None:
+        if message.exchange == exchange if exchange else message.routing_key.startswith("job."):
+            held.entered.set()
+            await held.release.wait()
         await publish(message, **kwargs)
 
-    monkeypatch.setattr(daemon.publisher, "publish", held)
-    return confirm
+    monkeypatch.setattr(daemon.publisher, "publish", holding)
+    return held
 
 
 @pytest.fixture
@@ -73,14 +82,14 @@ async def test_a_stored_outcome_is_acknowledged_before_its_result_is_confirmed(
     """The delivery is acknowledged once its outcome is committed, while the job result's
     publish still waits for the broker; the result is published when the broker answers."""
     await daemon.credential(venue_id)
-    confirm = hold_job_results(daemon, monkeypatch)
+    held = hold_job_results(daemon, monkeypatch)
     request = push(venue_id, [customer(1)])
     await daemon.request(request)
     consumed = daemon.metrics.messages_consumed.labels(queue="integration.sync-requests", outcome="succeeded")
     await eventually(lambda: consumed._value.get() == 1, what="the delivery acknowledged")
     seen = [daemon.probe.get_nowait().routing_key for _ in range(daemon.probe.qsize())]
     assert "job.succeeded" not in seen  # no result yet: its publish is still waiting
-    confirm.set()
+    held.release.set()
     result = await daemon.probed(lambda m: m.routing_key == "job.succeeded" and body_of(m)["job_id"] == request.job_id)
     assert "succeeded" == body_of(result)["status"]
 
@@ -91,7 +100,7 @@ async def test_acknowledged_deliveries_waiting_for_confirms_are_bounded(
     """With the broker not confirming, at most PUBLISHING_PER_PREFETCH x prefetch stored
     outcomes are acknowledged; the rest wait unacknowledged until the confirms come."""
     await daemon.credential(venue_id)
-    confirm = hold_job_results(daemon, monkeypatch)
+    held = hold_job_results(daemon, monkeypatch)
     bound = PUBLISHING_PER_PREFETCH * 16
     requests = [push(venue_id, [customer(i)]) for i in range(bound + 16)]  # 16: the prefetch
     for request in requests:
@@ -107,8 +116,23 @@ async def test_acknowledged_deliveries_waiting_for_confirms_are_bounded(
     await eventually(all_stored, timeout=30, what="every outcome stored")
     consumed = daemon.metrics.messages_consumed.labels(queue="integration.sync-requests", outcome="succeeded")
     assert bound == consumed._value.get()
-    confirm.set()
+    held.release.set()
     await eventually(lambda: consumed._value.get() == len(requests), timeout=30, what="the rest acknowledged")
+
+
+async def test_a_dead_letter_is_acknowledged_only_after_it_is_published(
+    daemon: Harness, venue_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dead letters keep the contract's order: stored, published to integration.dead, acked."""
+    held = hold_job_results(daemon, monkeypatch, exchange="integration.dead")
+    body = b"{not json"
+    await daemon.publish(body, "sync.stripe.customers")
+    await asyncio.wait_for(held.entered.wait(), timeout=10)  # stored, its publish under way
+    dead = daemon.metrics.messages_consumed.labels(queue="integration.sync-requests", outcome="dead_lettered")
+    assert 0 == dead._value.get()  # not acknowledged before the publish
+    held.release.set()
+    await daemon.probed(lambda m: m.exchange == "integration.dead" and m.body == body)
+    await eventually(lambda: dead._value.get() == 1, what="acknowledged after the publish")
 
 
 async def test_same_job_id_twice_runs_once_and_replies_with_stored_result(
