@@ -78,10 +78,6 @@ class QueueConsumer:
         self.idle = asyncio.Event()
         self.idle.set()
 
-    @property
-    def attached(self) -> bool:
-        return self._tag is not None
-
     async def check_consuming(self, *, timeout_s: float = 1.0) -> None:
         """Raise unless the broker side of our channel holds our consumer now: after a
         reconnect only a restored consumer gets deliveries, so this is what ready means."""

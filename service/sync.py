@@ -90,14 +90,18 @@ class JobRunner:
     async def run(self) -> tuple[str, Announced]:
         """Run the job to its end; return (status, outbox rows to publish). Raises RetryLater
         or AlreadyFinished."""
-        from service.engine import RetryLater
-
         first = self._read_ahead()
         try:
-            row = await self._start()
-        except BaseException:
+            return await self._run(first)
+        finally:  # whatever ended the run, the read-ahead ends with it
             await _discard(first)
-            raise
+
+    async def _run(
+        self, first: asyncio.Task[tuple[VenueAuth, dict[str, Any] | None, Page]] | None
+    ) -> tuple[str, Announced]:
+        from service.engine import RetryLater
+
+        row = await self._start()
         if self._r.direction == "push":  # the record log is the truth after a crash
             counts, errors = await jobs_db.outcome_tally(self._d.pool, self._r.job_id)
             tally = Tally(counts, errors)
@@ -483,8 +487,9 @@ async def _discard(task: asyncio.Task[Any] | None) -> None:
     this task's own cancellation still propagates."""
     if task is None:
         return
-    task.cancel()
-    await asyncio.wait([task])
+    if not task.done():
+        task.cancel()
+        await asyncio.wait([task])
     if not task.cancelled():
         task.exception()  # retrieved, so asyncio does not report it as never retrieved
 
