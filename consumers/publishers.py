@@ -213,7 +213,8 @@ class OutboxRelay:
         now = utcnow()
         due = [item for item in stored if outbox_db.is_due(item, now)]
         if due:
-            self._sent += await self._publish(due)
+            confirmed = await self._publish(due)
+            self._sent.extend(confirmed)  # not ``+=``: a flush may have swapped the list meanwhile
 
     async def _publish(self, stored: list[outbox_db.StoredMessage]) -> list[int]:
         """Publish with confirms; return the ids that were confirmed."""

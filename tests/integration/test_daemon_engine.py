@@ -500,3 +500,35 @@ async def test_a_webhook_whose_fetch_fails_is_retried_later_then_dead_lettered(
     reason = str(dead.headers["x-death-reason"])
     assert reason.startswith(f"gave up after {daemon.settings.retry_max_attempts} attempts")
     assert "network" == dead.headers["x-error-category"]
+
+
+async def test_a_published_mark_is_written_once_when_a_flush_runs_during_a_publish(
+    daemon: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Marks of inline publishes are flushed in bulk while other publishes are in flight: a
+    flush that lands during a publish must not bring its already-written marks back (they
+    were re-written on every later flush, a list that only grew)."""
+    from consumers.publishers import OutboxRelay
+    from service.database import outbox as outbox_db
+
+    relay = OutboxRelay(daemon.pool, daemon.publisher)  # its own, not the running loop's
+    messages = [
+        outbox_db.OutboxMessage("integration.events", "test.mark", b"{}", str(uuid.uuid4())) for _ in range(2)
+    ]
+    async with daemon.pool.acquire() as conn, conn.transaction():
+        first, second = await outbox_db.enqueue(conn, messages)
+    await relay.publish_stored([first])
+    held = hold_job_results(daemon, monkeypatch, exchange="integration.events")
+    publishing = asyncio.ensure_future(relay.publish_stored([second]))
+    await asyncio.wait_for(held.entered.wait(), 5)
+    await relay.flush_marks()  # writes the first mark while the second publish waits
+    marked = await daemon.pool.fetchval("SELECT published_at FROM outbox WHERE id = $1", first.id)
+    held.release.set()
+    await asyncio.wait_for(publishing, 5)
+    await relay.flush_marks()
+    rows = await daemon.pool.fetch(
+        "SELECT id, published_at FROM outbox WHERE id = ANY($1::bigint[])", [first.id, second.id]
+    )
+    published = {row["id"]: row["published_at"] for row in rows}
+    assert marked is not None and marked == published[first.id]  # not written again
+    assert published[second.id] is not None
