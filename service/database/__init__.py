@@ -73,8 +73,12 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+REPLAN_AFTER_S = 10.0  # a generic-plans pool prepares its statements again this often
+
+
 async def create_pool(
-    dsn: str, *, min_size: int = 1, max_size: int = 10, relaxed: bool = False, generic_plans: bool = False
+    dsn: str, *, min_size: int = 1, max_size: int = 10, relaxed: bool = False, generic_plans: bool = False,
+    replan_after_s: float = REPLAN_AFTER_S,
 ) -> Pool:
     """Open a pool; raise NetworkError / ConfigurationError naming the database.
 
@@ -87,15 +91,24 @@ async def create_pool(
     reads array parameters (unnest) and plans those afresh every time, which cost the job
     start and finish statements more than their execution. Not for the CLI's optional-filter
     queries (``$1 IS NULL OR ...``), where only a custom plan can use an index.
+
+    A generic plan is made once, from the table sizes of that moment: a statement first run
+    while its table was empty keeps a sequential scan as the table grows (until an ANALYZE
+    invalidates it; with autovacuum off, as on our CI's server, never: the job start then
+    cost 3 ms at 15,000 jobs). So such a pool prepares its statements again every
+    ``replan_after_s`` (asyncpg's statement cache lifetime), one Parse per statement and
+    connection, and each new plan sees the tables as they have grown.
     """
     settings = {"synchronous_commit": "off"} if relaxed else {}
+    lifetime = 300.0  # asyncpg's default
     if generic_plans:
         settings["plan_cache_mode"] = "force_generic_plan"
+        lifetime = replan_after_s
     try:
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, init=_init_connection,
             command_timeout=COMMAND_TIMEOUT_S, timeout=CONNECT_TIMEOUT_S, reset=_keep_session,
-            server_settings=settings or None,
+            server_settings=settings or None, max_cached_statement_lifetime=lifetime,
         )
     except Exception as exc:  # translated at the boundary
         raise translate(exc, dsn) from exc

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+from contextlib import AsyncExitStack
 from typing import Any
 
 from service.database import create_pool
+from tests.helpers import eventually
 
 
 async def test_a_transaction_left_open_is_rolled_back_on_release(pool: Any) -> None:
@@ -59,3 +62,42 @@ async def test_generic_plans_pool_plans_once_and_the_default_pool_per_call(servi
     finally:
         await generic.close()
         await default.close()
+
+
+async def test_generic_plans_are_made_again_as_a_table_grows(services: Any) -> None:
+    """A statement first planned on an empty table (a sequential scan) keeps that plan as the
+    table grows, unless the pool prepares it again (replan_after_s): then it looks the grown
+    table up by its index."""
+    table = f"grows_{uuid.uuid4().hex[:8]}"
+    lookup = f"SELECT t.v FROM unnest($1::text[]) AS i(k) JOIN {table} AS t USING (k)"
+
+    async def plan(conn: Any) -> str:
+        """The plan of the statement asyncpg has cached for ``lookup`` on this connection."""
+        await conn.fetch(lookup, ["k1"])
+        name = await conn.fetchval(
+            "SELECT name FROM pg_prepared_statements WHERE statement = $1 ORDER BY prepare_time DESC LIMIT 1",
+            lookup,
+        )
+        rows = await conn.fetch(f"EXPLAIN EXECUTE {name}('{{k1}}')")
+        return "\n".join(row[0] for row in rows)
+
+    async with AsyncExitStack() as stack:
+        pools = []
+        for replan_after_s in (300.0, 0.2):
+            pool = await create_pool(
+                services.database_url, min_size=1, max_size=1, generic_plans=True, replan_after_s=replan_after_s
+            )
+            stack.push_async_callback(pool.close)
+            pools.append(await stack.enter_async_context(pool.acquire()))
+        kept, replanning = pools
+        await kept.execute(f"CREATE TABLE {table} (k text PRIMARY KEY, v text)")
+        stack.push_async_callback(kept.execute, f"DROP TABLE {table}")
+        for conn in pools:
+            assert f"Seq Scan on {table}" in await plan(conn)  # planned while empty
+        await kept.execute(f"INSERT INTO {table} SELECT 'k' || g, 'v' FROM generate_series(1, 20000) AS g")
+        assert f"Seq Scan on {table}" in await plan(kept)  # the plan it made first, for 300 s
+
+        async def by_index() -> bool:
+            return f"Index Scan using {table}_pkey" in await plan(replanning)
+
+        await eventually(by_index, what="the statement planned again, on the index")
