@@ -90,11 +90,40 @@ class JobRunner:
     async def run(self) -> tuple[str, Announced]:
         """Run the job to its end; return (status, outbox rows to publish). Raises RetryLater
         or AlreadyFinished."""
+        started_at = utcnow()
         first = self._read_ahead()
         try:
+            if first is not None:
+                done = await self._done_at_once(first, started_at)
+                if done is not None:
+                    return done
             return await self._run(first)
         finally:  # whatever ended the run, the read-ahead ends with it
             await _discard(first)
+
+    async def _done_at_once(
+        self, first: asyncio.Task[tuple[VenueAuth, dict[str, Any] | None, Page]], started_at: Any
+    ) -> tuple[str, Announced] | None:
+        """A pull whose first page is its last and holds nothing (the usual incremental
+        pull: nothing changed since the cursor) has nothing to compare and no page to resume
+        from: the job is created finished, with its cursor and result, in one statement
+        shared with the jobs ending at the same moment. None (nothing written) when the page
+        failed or holds something, or the job_id already has a row: the usual way then
+        starts the job and uses the page read."""
+        await asyncio.wait([first])
+        if first.cancelled() or first.exception() is not None:
+            return None
+        _, _, page = first.result()
+        if page.next_cursor is not None or page.records:
+            return None
+        status, finish = self._final_state(Tally({}, []), started_at, cursor=page.resume_cursor)
+        stored = await self._group.create.submit(jobs_db.Done(self._start_of_job(), finish, started_at))
+        if stored is None:
+            return None
+        self.attempts = 1
+        self._outbox += stored
+        self._finished(status, Tally({}, []), attempt=1)
+        return status, tuple(self._outbox)
 
     async def _run(
         self, first: asyncio.Task[tuple[VenueAuth, dict[str, Any] | None, Page]] | None
@@ -148,18 +177,7 @@ class JobRunner:
         from service.engine import AlreadyFinished
 
         r = self._r
-        row = await self._group.start.submit(jobs_db.Start(
-            job_id=r.job_id,
-            venue_id=r.venue_id,
-            provider=r.provider,
-            entity=r.entity,
-            direction=r.direction,
-            mode=r.mode,
-            options=r.options,
-            message_id=self._delivery.message_id,
-            reply_to=self._delivery.reply_to,
-            correlation_id=self._delivery.correlation_id,
-        ))
+        row = await self._group.start.submit(self._start_of_job())
         if row["job_id"] is None:
             status, result = row["previous_status"], row["previous_result"]
             if status not in ("succeeded", "partial"):  # it finished between our read and write
@@ -171,6 +189,21 @@ class JobRunner:
         self._started_at = row["started_at"]
         log.info("sync_started", entity=r.entity, direction=r.direction, mode=r.mode, attempt=self.attempts)
         return row
+
+    def _start_of_job(self) -> jobs_db.Start:
+        r = self._r
+        return jobs_db.Start(
+            job_id=r.job_id,
+            venue_id=r.venue_id,
+            provider=r.provider,
+            entity=r.entity,
+            direction=r.direction,
+            mode=r.mode,
+            options=r.options,
+            message_id=self._delivery.message_id,
+            reply_to=self._delivery.reply_to,
+            correlation_id=self._delivery.correlation_id,
+        )
 
     def _mapping(self, override: list[dict[str, Any]] | None) -> Any:
         from service.mapping import effective_mapping
@@ -443,6 +476,18 @@ class JobRunner:
     ) -> tuple[str, Announced]:
         """Store the job's result (in ``conn``'s transaction when given, else as one
         statement of its own), with the pull cursor it reached, and announce it."""
+        status, state = self._final_state(tally, started_at, cursor=cursor)
+        if conn is not None:  # part of the last page's transaction
+            self._outbox += (await jobs_db.finish_jobs(conn, [state]))[0]
+        else:  # shares a statement with the jobs finishing at the same moment
+            self._outbox += await self._group.finish.submit(state)
+        self._finished(status, tally, attempt=self.attempts)
+        return status, tuple(self._outbox)
+
+    def _final_state(
+        self, tally: Tally, started_at: Any, *, cursor: dict[str, Any] | None
+    ) -> tuple[str, jobs_db.Finish]:
+        """The job's status and what storing its result writes."""
         from service.engine import final_state
 
         r = self._r
@@ -461,19 +506,18 @@ class JobRunner:
             finished_at=utcnow(),
         )
         reached = None if cursor is None else (r.venue_id, r.provider, r.entity, cursor)
-        state = final_state(self._d.routes, result, self._delivery, cursor=reached)
-        if conn is not None:  # part of the last page's transaction
-            self._outbox += (await jobs_db.finish_jobs(conn, [state]))[0]
-        else:  # shares a statement with the jobs finishing at the same moment
-            self._outbox += await self._group.finish.submit(state)
-        self.finished = result.status
+        return status, final_state(self._d.routes, result, self._delivery, cursor=reached)
+
+    def _finished(self, status: str, tally: Tally, *, attempt: int) -> None:
+        """The job's result is stored: count its records, log its end."""
+        r = self._r
+        self.finished = status
         for outcome in ("created", "updated", "skipped", "failed"):
             if tally.counts[outcome]:
                 self._d.metrics.records_processed.labels(r.provider, r.entity, outcome).inc(
                     tally.counts[outcome]
                 )
-        log.info("sync_finished", status=status, **tally.counts)
-        return status, tuple(self._outbox)
+        log.info("sync_finished", status=status, attempt=attempt, **tally.counts)
 
 
 def platform_id_of(data: dict[str, Any]) -> str | None:

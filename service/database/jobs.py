@@ -28,7 +28,7 @@ async def get_job(conn: Conn, job_id: str, *, for_update: bool = False) -> async
     return await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM sync_jobs WHERE job_id = $1{lock}", job_id)
 
 
-def _one_row_each(jobs: list[Start] | list[Finish]) -> None:
+def _one_row_each(jobs: list[Start] | list[Finish] | list[Done]) -> None:
     """A statement cannot write one row twice: a batch holding a job_id twice (the same job
     delivered twice at once) is refused, and the Coalescer then runs its jobs one by one."""
     if len({job.job_id for job in jobs}) < len(jobs):
@@ -196,6 +196,97 @@ async def finish_jobs(conn: Conn, jobs: list[Finish]) -> list[list[StoredMessage
         [json.dumps(c[3]) for c in reached.values()],
     )
     return [outbox_db.pending(outbox_db.unique(job.announce), rows) for job in jobs]
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A new job that ended before anything about it was stored (a pull whose first page was
+    its last and held nothing new), for ``create_finished_jobs``."""
+
+    start: Start
+    finish: Finish
+    started_at: datetime
+
+    @property
+    def job_id(self) -> str:
+        return self.start.job_id
+
+
+async def create_finished_jobs(conn: Conn, jobs: list[Done]) -> list[list[StoredMessage] | None]:
+    """Insert new jobs already finished, with the pull cursors they reached and the messages
+    announcing them, in one statement: one round trip for a job instead of a start and a
+    finish. Per job, in order, the outbox rows to publish, or None when its job_id already
+    had a row (a redelivery, a re-run, a duplicate): nothing of that job was written, and it
+    takes the usual way (start_jobs) that knows what to do with an earlier run."""
+    _one_row_each(jobs)
+    announce = outbox_db.unique([m for job in jobs for m in job.finish.announce])
+    owner = {m.message_id: job.job_id for job in jobs for m in job.finish.announce}
+    cursors = [(job.job_id, *job.finish.cursor) for job in jobs if job.finish.cursor is not None]
+    rows = await conn.fetch(
+        f"""
+        WITH input AS (
+            SELECT * FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+                $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[],
+                $21::text[], $22::text[], $23::text[], $24::timestamptz[], $25::timestamptz[])
+                AS i(job_id, venue_id, provider, entity, direction, mode, options, message_id, reply_to,
+                     correlation_id, status, counts, errors, result, started_at, finished_at)
+        ), created AS (
+            INSERT INTO sync_jobs (job_id, venue_id, provider, entity, direction, mode, options,
+                message_id, reply_to, correlation_id, status, attempts, counts, errors, result,
+                started_at, finished_at, last_error)
+            SELECT job_id, venue_id, provider, entity, direction, mode, options::jsonb, message_id,
+                reply_to, correlation_id, status, 1, counts::jsonb, errors::jsonb, result::jsonb,
+                started_at, finished_at,
+                CASE WHEN status = 'failed' THEN (errors::jsonb -> -1 ->> 'message') ELSE NULL END
+            FROM input
+            ON CONFLICT (job_id) DO NOTHING
+            RETURNING job_id
+        ), reached AS (
+            INSERT INTO pull_cursors (venue_id, provider, entity, cursor)
+            SELECT DISTINCT ON (v, p, e) v, p, e, c::jsonb  -- two pulls of one entity: the later wins
+            FROM unnest($26::text[], $27::text[], $28::text[], $29::text[], $30::text[])
+                WITH ORDINALITY AS u(j, v, p, e, c, n)
+            WHERE j IN (SELECT job_id FROM created)
+            ORDER BY v, p, e, n DESC
+            ON CONFLICT (venue_id, provider, entity) DO UPDATE SET cursor = EXCLUDED.cursor, updated_at = now()
+        ), announced AS (
+            {outbox_db.insert_sql(1, owned_by="(SELECT job_id FROM created)")}
+        )
+        SELECT job_id AS created, NULL::bigint AS id, NULL::text AS message_id, NULL::boolean AS pending
+        FROM created
+        UNION ALL
+        SELECT NULL, id, message_id, pending FROM announced
+        """,
+        *outbox_db.insert_args(announce),
+        [owner[m.message_id] for m in announce],
+        [job.start.job_id for job in jobs],
+        [job.start.venue_id for job in jobs],
+        [job.start.provider for job in jobs],
+        [job.start.entity for job in jobs],
+        [job.start.direction for job in jobs],
+        [job.start.mode for job in jobs],
+        [json.dumps(job.start.options) for job in jobs],
+        [job.start.message_id for job in jobs],
+        [job.start.reply_to for job in jobs],
+        [job.start.correlation_id for job in jobs],
+        [job.finish.status for job in jobs],
+        [json.dumps(job.finish.counts) for job in jobs],
+        [json.dumps(job.finish.errors) for job in jobs],
+        [json.dumps(job.finish.result) for job in jobs],
+        [job.started_at for job in jobs],
+        [job.finish.finished_at for job in jobs],
+        [c[0] for c in cursors],
+        [c[1] for c in cursors],
+        [c[2] for c in cursors],
+        [c[3] for c in cursors],
+        [json.dumps(c[4]) for c in cursors],
+    )
+    created = {row["created"] for row in rows if row["created"] is not None}
+    announced = [row for row in rows if row["created"] is None]
+    return [
+        outbox_db.pending(outbox_db.unique(job.finish.announce), announced) if job.job_id in created else None
+        for job in jobs
+    ]
 
 
 async def ensure_job_row(
@@ -370,9 +461,12 @@ async def get_mapping_override(
 
 class GroupCommit:
     """The job writes that concurrent jobs share a statement for: starts (on the relaxed
-    pool: a crash before the outcome redoes them) and finishes outside a page's
-    transaction (on the synchronous pool: an outcome is durable before its ack)."""
+    pool: a crash before the outcome redoes them), finishes outside a page's transaction and
+    jobs created finished (on the synchronous pool: an outcome is durable before its ack)."""
 
     def __init__(self, pool: asyncpg.Pool, relaxed_pool: asyncpg.Pool) -> None:
         self.start: Coalescer[Start, asyncpg.Record] = Coalescer(lambda jobs: start_jobs(relaxed_pool, jobs))
         self.finish: Coalescer[Finish, list[StoredMessage]] = Coalescer(lambda jobs: finish_jobs(pool, jobs))
+        self.create: Coalescer[Done, list[StoredMessage] | None] = Coalescer(
+            lambda jobs: create_finished_jobs(pool, jobs)
+        )

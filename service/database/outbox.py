@@ -31,15 +31,20 @@ class StoredMessage:
     message: OutboxMessage
 
 
-def insert_sql(first: int = 1) -> str:
+def insert_sql(first: int = 1, *, owned_by: str | None = None) -> str:
     """An INSERT of outbox rows from eight array parameters starting at ``$first`` (see
-    insert_args), returning what ``pending`` needs; usable as a CTE of a larger statement."""
-    p = [f"${first + i}" for i in range(8)]
+    insert_args), returning what ``pending`` needs; usable as a CTE of a larger statement.
+
+    ``owned_by``: a subquery of keys; a ninth array parameter then names each message's
+    owner, and only messages whose owner the subquery returns are inserted."""
+    p = [f"${first + i}" for i in range(9)]
+    owner, where = (f", {p[8]}::text[]", f" WHERE o IN {owned_by}") if owned_by else ("", "")
     return f"""INSERT INTO outbox (exchange, routing_key, message_id, correlation_id, headers,
                reply_to, body, available_at)
            SELECT e, r, m, c, h, t, b, COALESCE(a, now())
            FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[], {p[4]}::jsonb[],
-                       {p[5]}::text[], {p[6]}::bytea[], {p[7]}::timestamptz[]) AS u(e, r, m, c, h, t, b, a)
+                       {p[5]}::text[], {p[6]}::bytea[], {p[7]}::timestamptz[]{owner})
+               AS u(e, r, m, c, h, t, b, a{", o" if owned_by else ""}){where}
            ON CONFLICT (message_id) DO UPDATE SET message_id = EXCLUDED.message_id
            RETURNING id, message_id, published_at IS NULL AS pending"""
 

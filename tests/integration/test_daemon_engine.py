@@ -532,3 +532,66 @@ async def test_a_published_mark_is_written_once_when_a_flush_runs_during_a_publi
     published = {row["id"]: row["published_at"] for row in rows}
     assert marked is not None and marked == published[first.id]  # not written again
     assert published[second.id] is not None
+
+
+async def test_a_pull_that_finds_nothing_new_is_stored_finished_with_its_cursor_once(
+    daemon: Harness, venue_id: str
+) -> None:
+    """An incremental pull with nothing changed since its cursor (stored in one statement,
+    without a start) ends succeeded with the cursor kept and one job result; sent again it
+    is a duplicate."""
+    await daemon.credential(venue_id)
+    daemon.provider.objects["obj-1"] = {"id": "obj-1", "email": "one@example.com", "updated": 5}
+    full = SyncRequest(
+        job_id=str(uuid.uuid4()), venue_id=venue_id, provider="stripe", entity="customers",
+        direction="pull", mode="full",
+    )  # fmt: skip
+    await daemon.request(full)
+    await eventually(lambda: daemon.finished(full.job_id))
+    nothing = SyncRequest(
+        job_id=str(uuid.uuid4()), venue_id=venue_id, provider="stripe", entity="customers", direction="pull"
+    )
+    await daemon.request(nothing)
+    result = await daemon.probed(lambda m: m.routing_key == "job.succeeded" and body_of(m)["job_id"] == nothing.job_id)
+    assert {"processed": 0, "created": 0, "updated": 0, "skipped": 0, "failed": 0} == body_of(result)["counts"]
+    row = await daemon.job(nothing.job_id)
+    assert ("succeeded", 1) == (row["status"], row["attempts"])
+    assert row["started_at"] <= row["finished_at"]
+    assert {"since": 5} == await daemon.pool.fetchval(
+        "SELECT cursor FROM pull_cursors WHERE venue_id = $1", venue_id
+    )
+    await daemon.request(nothing)
+    consumed = daemon.metrics.messages_consumed.labels(queue="integration.sync-requests", outcome="duplicate")
+    await eventually(lambda: consumed._value.get() == 1, what="the duplicate acknowledged")
+    assert 1 == await daemon.pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE routing_key LIKE 'job.%' AND message_id LIKE $1",
+        f"result-{nothing.job_id}-%",
+    )
+
+
+async def test_a_failed_pull_sent_again_that_finds_nothing_starts_clean(daemon: Harness, venue_id: str) -> None:
+    """A job_id with a row already (here a failed run with a failed record) is not created
+    in one go: it starts as usual, attempts from 1, its failed record outcomes forgotten."""
+    await daemon.credential(venue_id)
+    pull = SyncRequest(
+        job_id=str(uuid.uuid4()), venue_id=venue_id, provider="stripe", entity="customers",
+        direction="pull", mode="full",
+    )  # fmt: skip
+    await daemon.pool.execute(
+        "INSERT INTO sync_jobs (job_id, venue_id, provider, entity, direction, mode, status, attempts, counts)"
+        " VALUES ($1, $2, 'stripe', 'customers', 'pull', 'full', 'failed', 3, $3)",
+        pull.job_id, venue_id, {"processed": 1, "created": 0, "updated": 0, "skipped": 0, "failed": 1},
+    )  # fmt: skip
+    await daemon.pool.execute(
+        "INSERT INTO sync_record_log (job_id, record_id, operation, outcome) VALUES ($1, 'obj-9', 'pull', 'failed')",
+        pull.job_id,
+    )
+    await daemon.request(pull)
+
+    async def succeeded() -> Any:
+        row = await daemon.job(pull.job_id)
+        return row if row is not None and row["status"] == "succeeded" else None
+
+    row = await eventually(succeeded)
+    assert (0, 1) == (row["counts"]["processed"], row["attempts"])
+    assert 0 == await daemon.pool.fetchval("SELECT count(*) FROM sync_record_log WHERE job_id = $1", pull.job_id)

@@ -79,3 +79,44 @@ async def test_concurrent_jobs_share_statements(pool: Any, venue_id: str) -> Non
     assert group.start.batches < len(ids) and group.finish.batches < len(ids)
     statuses = await pool.fetch("SELECT DISTINCT status FROM sync_jobs WHERE job_id = ANY($1)", ids)
     assert ["succeeded"] == [r["status"] for r in statuses]
+
+
+def done(job_id: str, venue_id: str, cursor: Any = None) -> jobs_db.Done:
+    started_at = utcnow()
+    return jobs_db.Done(start(job_id, venue_id), finish(job_id, cursor=cursor), started_at)
+
+
+async def test_one_statement_creates_new_jobs_finished_and_leaves_known_ones_alone(
+    pool: Any, venue_id: str
+) -> None:
+    """New jobs are stored finished with their cursor and announcements; a job_id that has a
+    row already (running here, succeeded there) gets None and nothing of it is written."""
+    new, later, running, succeeded = (f"job-{uuid.uuid4()}" for _ in range(4))
+    await jobs_db.start_jobs(pool, [start(running, venue_id), start(succeeded, venue_id)])
+    await jobs_db.finish_jobs(pool, [finish(succeeded)])
+    key = (venue_id, "stripe", "customers")
+
+    stored = await jobs_db.create_finished_jobs(pool, [
+        done(new, venue_id, cursor=(*key, {"n": 1})),
+        done(running, venue_id, cursor=(*key, {"n": 9})),
+        done(later, venue_id, cursor=(*key, {"n": 2})),
+        done(succeeded, venue_id),
+    ])
+
+    assert [[f"result-{new}"], None, [f"result-{later}"], None] == [
+        None if s is None else [m.message.message_id for m in s] for s in stored
+    ]
+    rows = {r["job_id"]: r for r in await pool.fetch(
+        "SELECT job_id, status, attempts, options, result, started_at, finished_at FROM sync_jobs"
+        " WHERE job_id = ANY($1)", [new, later, running, succeeded],
+    )}
+    assert ("succeeded", 1, {"limit": 5}) == (rows[new]["status"], rows[new]["attempts"], rows[new]["options"])
+    assert rows[new]["started_at"] <= rows[new]["finished_at"]
+    assert ("running", None) == (rows[running]["status"], rows[running]["result"])  # untouched
+    assert {"n": 2} == await jobs_db.get_cursor(pool, *key)  # the later new one; not the running job's
+    announced = await pool.fetch(
+        "SELECT message_id FROM outbox WHERE message_id = ANY($1)",
+        [f"result-{j}" for j in (new, later, running, succeeded)],
+    )
+    # the succeeded job's result row is the one its own finish stored, not a second one
+    assert {f"result-{new}", f"result-{later}", f"result-{succeeded}"} == {r["message_id"] for r in announced}
