@@ -7,7 +7,8 @@ shared host does) moves both sides of each ratio alike.
 
 - ``daemon_msgs_per_s``: small sync requests (a full pull of an empty Stripe account: one
   HTTP call, the job row, the job result) through `integration-service run`, from the moment
-  it is ready until every job is finished in PostgreSQL;
+  it is ready until every job is finished in PostgreSQL; ``--mode incremental`` (the
+  contract's default mode) makes them pulls that also read the venue's stored cursor;
 - ``reference_msgs_per_s``: a bare aio-pika consumer (same prefetch) that makes the same HTTP
   call through aiohttp, writes one row with asyncpg and acks; ``ratio`` = daemon / reference
   (target >= 0.8);
@@ -20,6 +21,7 @@ shared host does) moves both sides of each ratio alike.
 Everything runs on loopback against a throwaway vhost and database that are removed after.
 
     python bench/consume.py [--messages 4000] [--rounds 3] [--backlog 100000] [--venues 20]
+                            [--mode full|incremental]
 """
 
 from __future__ import annotations
@@ -208,7 +210,7 @@ class Bench:
                         "provider": "stripe",
                         "entity": "customers",
                         "direction": "pull",
-                        "mode": "full",
+                        "mode": self.args.mode,
                     }
                     message = aio_pika.Message(
                         json.dumps(body).encode(),
@@ -353,6 +355,7 @@ async def main() -> None:
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--venues", type=int, default=20)
     parser.add_argument("--rss-seconds", type=float, default=20.0)
+    parser.add_argument("--mode", choices=("full", "incremental"), default="full", help="the pulls' mode")
     args = parser.parse_args()
     bench = Bench(args)
     try:
@@ -372,6 +375,7 @@ async def main() -> None:
         json.dumps(
             {
                 "messages": args.messages,
+                "mode": args.mode,
                 "prefetch": PREFETCH,
                 "rounds": args.rounds,
                 "daemon_msgs_per_s": round(statistics.median(d for d, _ in rounds), 1),

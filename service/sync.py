@@ -163,7 +163,7 @@ class JobRunner:
     async def _first_page(self) -> tuple[VenueAuth, dict[str, Any] | None, Page]:
         r = self._r
         auth = await self._d.auth_for(r.venue_id, r.provider)
-        resume = None if r.mode == "full" else await jobs_db.get_cursor(self._d.pool, r.venue_id, r.provider, r.entity)
+        resume = None if r.mode == "full" else await self._group.cursor.submit((r.venue_id, r.provider, r.entity))
         page = await self._d.clients[r.provider].pull_page(
             auth, r.entity, cursor=None, resume=resume, options=r.options
         )

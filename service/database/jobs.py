@@ -379,14 +379,22 @@ async def log_records(conn: asyncpg.Connection, job_id: str, rows: list[tuple[An
 # Cursors and record state -------------------------------------------------------------
 
 
-async def get_cursor(conn: Conn, venue_id: str, provider: str, entity: str) -> dict[str, Any] | None:
-    value: dict[str, Any] | None = await conn.fetchval(
-        "SELECT cursor FROM pull_cursors WHERE venue_id = $1 AND provider = $2 AND entity = $3",
-        venue_id,
-        provider,
-        entity,
+CursorKey = tuple[str, str, str]  # (venue_id, provider, entity)
+
+
+async def get_cursors(conn: Conn, keys: list[CursorKey]) -> list[dict[str, Any] | None]:
+    """The stored pull cursors of several (venue, provider, entity) in one statement (the
+    incremental pulls starting at the same moment), in order; None where there is none."""
+    rows = await conn.fetch(
+        """SELECT i.n, c.cursor
+           FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS i(v, p, e, n)
+           LEFT JOIN pull_cursors AS c ON c.venue_id = i.v AND c.provider = i.p AND c.entity = i.e""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
     )
-    return value
+    found = {row["n"]: row["cursor"] for row in rows}
+    return [found[n] for n in range(1, len(keys) + 1)]
 
 
 async def put_cursor(conn: Conn, venue_id: str, provider: str, entity: str, cursor: dict[str, Any]) -> None:
@@ -462,7 +470,8 @@ async def get_mapping_override(
 class GroupCommit:
     """The job writes that concurrent jobs share a statement for: starts (on the relaxed
     pool: a crash before the outcome redoes them), finishes outside a page's transaction and
-    jobs created finished (on the synchronous pool: an outcome is durable before its ack)."""
+    jobs created finished (on the synchronous pool: an outcome is durable before its ack);
+    and the pull cursors they read."""
 
     def __init__(self, pool: asyncpg.Pool, relaxed_pool: asyncpg.Pool) -> None:
         self.start: Coalescer[Start, asyncpg.Record] = Coalescer(lambda jobs: start_jobs(relaxed_pool, jobs))
@@ -470,3 +479,4 @@ class GroupCommit:
         self.create: Coalescer[Done, list[StoredMessage] | None] = Coalescer(
             lambda jobs: create_finished_jobs(pool, jobs)
         )
+        self.cursor: Coalescer[CursorKey, dict[str, Any] | None] = Coalescer(lambda keys: get_cursors(pool, keys))

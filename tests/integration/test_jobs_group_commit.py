@@ -64,7 +64,7 @@ async def test_one_statement_finishes_jobs_with_their_cursor_and_announcements(p
     )}
     assert ("succeeded", None) == (rows[first]["status"], rows[first]["last_error"])
     assert ("partial", "bad email") == (rows[second]["status"], rows[second]["errors"][0]["message"])
-    assert {"n": 2} == await jobs_db.get_cursor(pool, *key)  # two pulls of one entity: the later one wins
+    assert {"n": 2} == (await jobs_db.get_cursors(pool, [key]))[0]  # two pulls of one entity: the later one wins
     again = await jobs_db.finish_jobs(pool, [finish(first)])
     assert [[]] != again and again[0][0].id == stored[0][0].id  # same message id: the same unpublished row
 
@@ -113,10 +113,22 @@ async def test_one_statement_creates_new_jobs_finished_and_leaves_known_ones_alo
     assert ("succeeded", 1, {"limit": 5}) == (rows[new]["status"], rows[new]["attempts"], rows[new]["options"])
     assert rows[new]["started_at"] <= rows[new]["finished_at"]
     assert ("running", None) == (rows[running]["status"], rows[running]["result"])  # untouched
-    assert {"n": 2} == await jobs_db.get_cursor(pool, *key)  # the later new one; not the running job's
+    assert {"n": 2} == (await jobs_db.get_cursors(pool, [key]))[0]  # the later new one; not the running job's
     announced = await pool.fetch(
         "SELECT message_id FROM outbox WHERE message_id = ANY($1)",
         [f"result-{j}" for j in (new, later, running, succeeded)],
     )
     # the succeeded job's result row is the one its own finish stored, not a second one
     assert {f"result-{new}", f"result-{later}", f"result-{succeeded}"} == {r["message_id"] for r in announced}
+
+
+async def test_cursors_are_read_together_in_order(pool: Any, venue_id: str) -> None:
+    """Concurrent reads of pull cursors share a statement; each gets its own, None if unset."""
+    other = f"venue-{uuid.uuid4()}"
+    await jobs_db.put_cursor(pool, venue_id, "stripe", "customers", {"since": 1})
+    await jobs_db.put_cursor(pool, other, "stripe", "customers", {"since": 2})
+    group = jobs_db.GroupCommit(pool, pool)
+    keys = [(venue_id, "stripe", "customers"), (venue_id, "stripe", "products"), (other, "stripe", "customers")]
+    read = await asyncio.gather(*(group.cursor.submit(key) for key in [*keys, keys[0]]))
+    assert [{"since": 1}, None, {"since": 2}, {"since": 1}] == read
+    assert group.cursor.batches < 4
