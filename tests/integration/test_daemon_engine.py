@@ -21,6 +21,12 @@ def customer(n: int) -> dict[str, Any]:
     return {"id": f"cust-{n}", "email": f"user{n}@example.com", "first_name": f"User{n}", "last_name": "Test"}
 
 
+def pull_request(venue: str, mode: str = "incremental") -> SyncRequest:
+    return SyncRequest(
+        job_id=str(uuid.uuid4()), venue_id=venue, provider="stripe", entity="customers", direction="pull", mode=mode
+    )
+
+
 def push(venue: str, records: list[dict[str, Any]], job_id: str | None = None) -> SyncRequest:
     return SyncRequest(
         job_id=job_id or str(uuid.uuid4()),
@@ -343,14 +349,7 @@ async def test_pull_pages_store_cursor_and_incremental_emits_only_changes(
     first = push(venue_id, [customer(i) for i in range(5)])
     await daemon.request(first)
     await eventually(lambda: daemon.finished(first.job_id))
-    full = SyncRequest(
-        job_id=str(uuid.uuid4()),
-        venue_id=venue_id,
-        provider="stripe",
-        entity="customers",
-        direction="pull",
-        mode="full",
-    )
+    full = pull_request(venue_id, "full")
     await daemon.request(full)
     row = await eventually(lambda: daemon.finished(full.job_id))
     assert ("succeeded", 5) == (row["status"], row["counts"]["processed"])
@@ -364,9 +363,7 @@ async def test_pull_pages_store_cursor_and_incremental_emits_only_changes(
             "updated": max(o["updated"] for o in daemon.provider.objects.values()) + 1,
         }
     )
-    incremental = SyncRequest(
-        job_id=str(uuid.uuid4()), venue_id=venue_id, provider="stripe", entity="customers", direction="pull"
-    )
+    incremental = pull_request(venue_id)
     await daemon.request(incremental)
     row = await eventually(lambda: daemon.finished(incremental.job_id))
     assert {"processed": 1, "created": 0, "updated": 1, "skipped": 0, "failed": 0} == row["counts"]
@@ -389,10 +386,7 @@ async def test_a_pull_resumes_from_a_crashed_runs_page_and_drops_its_read_ahead(
     await daemon.request(seed)
     await eventually(lambda: daemon.finished(seed.job_id))
     daemon.provider.page_size = 2
-    pull = SyncRequest(
-        job_id=str(uuid.uuid4()), venue_id=venue_id, provider="stripe", entity="customers",
-        direction="pull", mode="full",
-    )  # fmt: skip
+    pull = pull_request(venue_id, "full")
     await daemon.pool.execute(
         "INSERT INTO sync_jobs (job_id, venue_id, provider, entity, direction, mode, status, attempts, progress)"
         " VALUES ($1, $2, 'stripe', 'customers', 'pull', 'full', 'running', 1, $3)",
@@ -409,10 +403,7 @@ async def test_a_finished_pull_sent_again_stores_and_announces_nothing(daemon: H
     """A duplicate pull's read-ahead page is dropped: no second result, no record event."""
     await daemon.credential(venue_id)
     daemon.provider.objects["obj-1"] = {"id": "obj-1", "email": "one@example.com", "updated": 1}
-    pull = SyncRequest(
-        job_id=str(uuid.uuid4()), venue_id=venue_id, provider="stripe", entity="customers",
-        direction="pull", mode="full",
-    )  # fmt: skip
+    pull = pull_request(venue_id, "full")
     await daemon.request(pull)
     first = await eventually(lambda: daemon.finished(pull.job_id))
     await daemon.request(pull)
@@ -542,15 +533,10 @@ async def test_a_pull_that_finds_nothing_new_is_stored_finished_with_its_cursor_
     is a duplicate."""
     await daemon.credential(venue_id)
     daemon.provider.objects["obj-1"] = {"id": "obj-1", "email": "one@example.com", "updated": 5}
-    full = SyncRequest(
-        job_id=str(uuid.uuid4()), venue_id=venue_id, provider="stripe", entity="customers",
-        direction="pull", mode="full",
-    )  # fmt: skip
+    full = pull_request(venue_id, "full")
     await daemon.request(full)
     await eventually(lambda: daemon.finished(full.job_id))
-    nothing = SyncRequest(
-        job_id=str(uuid.uuid4()), venue_id=venue_id, provider="stripe", entity="customers", direction="pull"
-    )
+    nothing = pull_request(venue_id)
     await daemon.request(nothing)
     result = await daemon.probed(lambda m: m.routing_key == "job.succeeded" and body_of(m)["job_id"] == nothing.job_id)
     assert {"processed": 0, "created": 0, "updated": 0, "skipped": 0, "failed": 0} == body_of(result)["counts"]
@@ -573,10 +559,7 @@ async def test_a_failed_pull_sent_again_that_finds_nothing_starts_clean(daemon: 
     """A job_id with a row already (here a failed run with a failed record) is not created
     in one go: it starts as usual, attempts from 1, its failed record outcomes forgotten."""
     await daemon.credential(venue_id)
-    pull = SyncRequest(
-        job_id=str(uuid.uuid4()), venue_id=venue_id, provider="stripe", entity="customers",
-        direction="pull", mode="full",
-    )  # fmt: skip
+    pull = pull_request(venue_id, "full")
     await daemon.pool.execute(
         "INSERT INTO sync_jobs (job_id, venue_id, provider, entity, direction, mode, status, attempts, counts)"
         " VALUES ($1, $2, 'stripe', 'customers', 'pull', 'full', 'failed', 3, $3)",
