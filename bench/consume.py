@@ -194,7 +194,11 @@ class Bench:
                 timeout=60,
             )
 
-    async def publish(self, count: int, *, exchange: str = "integration.commands") -> None:
+    async def publish(
+        self, count: int, *, exchange: str = "integration.commands", routing_key: str = "sync.stripe.customers"
+    ) -> list[str]:
+        """Publish ``count`` small sync requests; return their job ids."""
+        job_ids = []
         connection = await aio_pika.connect(self.amqp_url)
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
@@ -203,9 +207,10 @@ class Bench:
             for start in range(0, count, 500):
                 batch = []
                 for i in range(start, min(count, start + 500)):
+                    job_ids.append(str(uuid.uuid4()))
                     body = {
                         "schema": "integration.sync_request.v1",
-                        "job_id": str(uuid.uuid4()),
+                        "job_id": job_ids[-1],
                         "venue_id": venues[i % len(venues)],
                         "provider": "stripe",
                         "entity": "customers",
@@ -218,8 +223,9 @@ class Bench:
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                         message_id=str(uuid.uuid4()),
                     )
-                    batch.append(target.publish(message, routing_key="sync.stripe.customers"))
+                    batch.append(target.publish(message, routing_key=routing_key))
                 await asyncio.gather(*batch)
+        return job_ids
 
     async def finished_jobs(self) -> tuple[int, float | None]:
         """(jobs finished, when the last one finished as a Unix time)."""
@@ -261,9 +267,7 @@ class Bench:
         """A bare consumer: same HTTP call, one asyncpg insert, ack."""
         n = self.args.messages
         connection = await aio_pika.connect(self.amqp_url)
-        pool = await asyncpg.create_pool(self.database_url, min_size=2, max_size=10)
-        await pool.execute("CREATE TABLE IF NOT EXISTS bench_reference (job_id text PRIMARY KEY, body jsonb)")
-        async with connection, aiohttp.ClientSession() as session:
+        async with connection, Reference(self) as reference:
             channel = await connection.channel(publisher_confirms=True)
             await channel.set_qos(prefetch_count=PREFETCH)
             queue = await channel.declare_queue(
@@ -272,36 +276,13 @@ class Bench:
             await queue.bind("integration.commands", "sync.#")
             await self.publish(n)
             await (await channel.get_queue("integration.sync-requests", ensure=False)).purge()
-            done = asyncio.Event()
-            count = 0
-
-            async def handle(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-                nonlocal count
-                body = json.loads(message.body)
-                key = self.keys[body["venue_id"]]
-                async with session.get(
-                    f"{self.sandbox_url}/stripe/v1/customers?limit=100",
-                    headers={"Authorization": f"Bearer {key}"},
-                ) as reply:
-                    await reply.read()
-                await pool.execute(
-                    "INSERT INTO bench_reference VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    body["job_id"],
-                    message.body.decode(),
-                )
-                await message.ack()
-                count += 1
-                if count >= n:
-                    done.set()
-
             meter = CpuMeter(os.getpid(), self.sandbox_pid)
             started = time.monotonic()
-            await queue.consume(handle)
-            await asyncio.wait_for(done.wait(), timeout=300)
+            await queue.consume(reference.handle)
+            await asyncio.wait_for(reference.reached(n), timeout=300)
             elapsed = time.monotonic() - started
             cpu = meter.per_message(n)
             await queue.delete(if_unused=False, if_empty=False)
-        await pool.close()
         return n / elapsed, cpu
 
     async def rss_under_backlog(self) -> dict[str, float]:
@@ -342,6 +323,46 @@ class Bench:
         finally:
             await conn.close()
         rabbitmqctl("delete_vhost", self.vhost)
+
+
+class Reference:
+    """The bare reference consumer's handler: the same HTTP call as the daemon's pull, one
+    asyncpg insert, ack; counts what it handled."""
+
+    def __init__(self, bench: Bench) -> None:
+        self._bench = bench
+        self.count = 0
+        self._changed = asyncio.Event()
+
+    async def __aenter__(self) -> Reference:
+        self._session = aiohttp.ClientSession()
+        self._pool = await asyncpg.create_pool(self._bench.database_url, min_size=2, max_size=10)
+        await self._pool.execute("CREATE TABLE IF NOT EXISTS bench_reference (job_id text PRIMARY KEY, body jsonb)")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._pool.close()
+        await self._session.close()
+
+    async def handle(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        body = json.loads(message.body)
+        key = self._bench.keys[body["venue_id"]]
+        async with self._session.get(
+            f"{self._bench.sandbox_url}/stripe/v1/customers?limit=100",
+            headers={"Authorization": f"Bearer {key}"},
+        ) as reply:
+            await reply.read()
+        await self._pool.execute(
+            "INSERT INTO bench_reference VALUES ($1, $2) ON CONFLICT DO NOTHING", body["job_id"], message.body.decode()
+        )
+        await message.ack()
+        self.count += 1
+        self._changed.set()
+
+    async def reached(self, count: int) -> None:
+        while self.count < count:
+            self._changed.clear()
+            await self._changed.wait()
 
 
 def median_each(samples: list[dict[str, float]]) -> dict[str, float]:
