@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -325,12 +325,18 @@ class Daemon:
         from service.database.outbox import prune_published
         from service.webhook_processing import prune_dedupe
 
+        prunes: tuple[tuple[str, Callable[[], Awaitable[int]]], ...] = (
+            ("webhook_events", functools.partial(prune_dedupe, self.app.pool)),
+            ("outbox", functools.partial(prune_published, self.app.pool, older_than_s=24 * 3600)),
+        )
         while not self.stop.is_set():
-            try:
-                await prune_dedupe(self.app.pool)
-                await prune_published(self.app.pool, older_than_s=24 * 3600)
-            except Exception as exc:
-                log.warning("housekeeping_failed", error=exc.__class__.__name__)
+            for table, prune in prunes:  # one failing does not skip the other
+                try:
+                    deleted = await prune()
+                except Exception as exc:
+                    log.warning("housekeeping_failed", table=table, error=exc.__class__.__name__)
+                else:
+                    log.info("housekeeping_pruned", table=table, rows=deleted)
             try:
                 await asyncio.wait_for(self.stop.wait(), timeout=3600)
             except TimeoutError:

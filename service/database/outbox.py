@@ -131,11 +131,31 @@ async def mark_published(conn: Conn, ids: list[int]) -> None:
         await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", ids)
 
 
-async def prune_published(conn: Conn, *, older_than_s: float) -> int:
-    result: str = await conn.execute(
-        "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)", older_than_s
+PRUNE_BATCH = 5000  # rows per DELETE: each statement stays well inside the command timeout
+
+
+async def prune_in_batches(conn: Conn, delete_sql: str, older_than_s: float, *, batch: int = PRUNE_BATCH) -> int:
+    """Run ``delete_sql`` (parameters: the age in seconds, the batch size) until a batch
+    comes back short; return how many rows went. One DELETE of a whole day's rows could
+    outlast the command timeout, be rolled back, and leave twice as many for the next try."""
+    total = 0
+    while True:
+        result: str = await conn.execute(delete_sql, older_than_s, batch)
+        deleted = int(result.split()[-1])
+        total += deleted
+        if deleted < batch:
+            return total
+
+
+async def prune_published(conn: Conn, *, older_than_s: float, batch: int = PRUNE_BATCH) -> int:
+    """Delete rows published more than ``older_than_s`` ago (found by outbox_published_idx)."""
+    return await prune_in_batches(
+        conn,
+        """DELETE FROM outbox WHERE id IN (
+               SELECT id FROM outbox WHERE published_at < now() - make_interval(secs => $1) LIMIT $2)""",
+        older_than_s,
+        batch=batch,
     )
-    return int(result.split()[-1])
 
 
 async def pending_count(conn: Conn) -> int:
@@ -229,8 +249,12 @@ async def claim_webhook_event(
     return inserted is not None
 
 
-async def prune_webhook_events(conn: Conn, *, older_than_s: float) -> int:
-    result: str = await conn.execute(
-        "DELETE FROM webhook_events WHERE processed_at < now() - make_interval(secs => $1)", older_than_s
+async def prune_webhook_events(conn: Conn, *, older_than_s: float, batch: int = PRUNE_BATCH) -> int:
+    return await prune_in_batches(
+        conn,
+        """DELETE FROM webhook_events WHERE (provider, event_id) IN (
+               SELECT provider, event_id FROM webhook_events
+               WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2)""",
+        older_than_s,
+        batch=batch,
     )
-    return int(result.split()[-1])
