@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import string
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -256,6 +257,12 @@ def test_operation_label_hides_ids() -> None:
         "POST", "http://h/stripe/v1/customers/cus_Ab12?x=1", base_path="/stripe"
     )
     assert "get /v1/payment_intents" == operation_of("get", "https://api.stripe.com/v1/payment_intents")
+    assert "post /v1/customers/{id}" == operation_of("post", "https://api.stripe.com/v1/customers/cus_NffrFeUfNVxHib")
+    assert "get /v1/customers/search" == operation_of("get", "https://api.stripe.com/v1/customers/search?query=x")
+    assert "delete /v1/customers/{id}/sources/{id}" == operation_of(
+        "DELETE", "https://api.stripe.com/v1/customers/cus_X9/sources/card_QwErTyUiOpAsDf"
+    )
+    assert "get /v1/invoices/{id}/lines" == operation_of("get", "https://api.stripe.com/v1/invoices/42/lines")
 
 
 async def test_each_credential_keeps_its_own_sdk_client(client: StripeClient) -> None:
@@ -291,3 +298,15 @@ def test_list_query_parameters_are_encoded_as_the_sdk_encodes_them(params: dict[
     sdk = [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in _api_encode(params)]
     assert sdk == encode_params(params)
     assert encode_params(params) == encode_params({**params, "unset": None})  # None is left out, as the SDK does
+
+
+@given(
+    prefix=st.sampled_from(["cus", "prod", "pi", "acct", "evt", "card"]),
+    rest=st.text(alphabet=string.ascii_letters + string.digits, min_size=14, max_size=24).filter(
+        lambda s: not s.islower()
+    ),
+)
+def test_operation_label_never_holds_a_stripe_id(prefix: str, rest: str) -> None:
+    """Whatever a Stripe id's random part is (anything but all lower-case letters), the label
+    set stays the same: one per endpoint, never one per object."""
+    assert "post /v1/customers/{id}" == operation_of("post", f"https://api.stripe.com/v1/customers/{prefix}_{rest}")
