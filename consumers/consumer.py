@@ -130,21 +130,24 @@ class QueueConsumer:
         )
 
     async def _recover(self) -> None:
+        """Probe with backoff until the database answers and the broker takes the consumer
+        again (a consume refused, say by a channel closing meanwhile, is tried again too:
+        given up, nothing would ever pause or resume this consumer again)."""
         await self._detach()
         log.warning("consumer_paused", queue=self.queue_name)
         failures = 0
-        while True:
-            await asyncio.sleep(INFRA_BACKOFF_S[min(failures, len(INFRA_BACKOFF_S) - 1)])
-            try:
-                await self._probe()
-                break
-            except Exception as exc:
-                failures += 1
-                log.warning("consumer_still_paused", queue=self.queue_name, error=str(exc), probes=failures)
         try:
-            if not self._stopping:
-                await self._attach()
+            while not self._stopping:
+                await asyncio.sleep(INFRA_BACKOFF_S[min(failures, len(INFRA_BACKOFF_S) - 1)])
+                try:
+                    await self._probe()
+                    await self._attach()
+                except Exception as exc:
+                    failures += 1
+                    log.warning("consumer_still_paused", queue=self.queue_name, error=str(exc), probes=failures)
+                    continue
                 log.info("consumer_resumed", queue=self.queue_name, probes=failures + 1)
+                return
         finally:
             self._paused = None
 

@@ -578,3 +578,40 @@ async def test_a_failed_pull_sent_again_that_finds_nothing_starts_clean(daemon: 
     row = await eventually(succeeded)
     assert (0, 1) == (row["counts"]["processed"], row["attempts"])
     assert 0 == await daemon.pool.fetchval("SELECT count(*) FROM sync_record_log WHERE job_id = $1", pull.job_id)
+
+
+async def test_a_paused_consumer_whose_reattach_fails_tries_again(
+    daemon: Harness, venue_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database fails one outcome (the consumer pauses and hands the delivery back); the
+    probe then passes but the broker refuses the first consume again: the consumer keeps
+    trying instead of staying detached, and the handed-back request runs."""
+    import aio_pika
+
+    from service.database import jobs as jobs_db
+
+    await daemon.credential(venue_id)
+    create = jobs_db.create_finished_jobs
+    outages = [OSError("database away")]
+
+    async def failing_once(conn: Any, jobs: Any) -> Any:
+        if outages:
+            raise outages.pop()
+        return await create(conn, jobs)
+
+    monkeypatch.setattr(jobs_db, "create_finished_jobs", failing_once)
+    consume = aio_pika.RobustQueue.consume
+    refusals = [aio_pika.exceptions.ChannelInvalidStateError("channel closed")]
+
+    async def refusing_once(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if refusals:
+            raise refusals.pop()
+        return await consume(self, *args, **kwargs)
+
+    monkeypatch.setattr(aio_pika.RobustQueue, "consume", refusing_once)
+    await daemon.request(pull_request(venue_id, "full"))
+    await eventually(lambda: not outages and not refusals, what="the outage, then the refused consume")
+    later = pull_request(venue_id, "full")  # taken only by a consumer attached again
+    await daemon.request(later)
+    row = await eventually(lambda: daemon.finished(later.job_id), timeout=15, what="a job after the pause")
+    assert "succeeded" == row["status"]
