@@ -216,11 +216,13 @@ class QueueConsumer:
         self._metrics.message_age.labels(queue=self.queue_name).observe(max(0.0, age))
 
     async def poll_depth(self, stop: asyncio.Event, *, every_s: float = 15.0) -> None:
-        """Keep integration_queue_depth_messages current (a passive declare is cheap)."""
+        """Keep integration_queue_depth_messages current (a passive declare is cheap). The
+        declare goes to the broker each time: the robust channel's ``declare_queue`` hands a
+        passively declared queue back from its cache, with the count of its first declare."""
         while not stop.is_set():
             try:
-                queue = await self._channel.declare_queue(self.queue_name, passive=True)
-                ready = queue.declaration_result.message_count
+                queue = self._queue or await self._channel.declare_queue(self.queue_name, passive=True)
+                ready = (await queue.declare(timeout=5)).message_count
                 self._metrics.queue_depth.labels(queue=self.queue_name).set(ready or 0)
             except Exception as exc:
                 log.warning("queue_depth_failed", queue=self.queue_name, error=exc.__class__.__name__)

@@ -615,3 +615,20 @@ async def test_a_paused_consumer_whose_reattach_fails_tries_again(
     await daemon.request(later)
     row = await eventually(lambda: daemon.finished(later.job_id), timeout=15, what="a job after the pause")
     assert "succeeded" == row["status"]
+
+
+async def test_the_queue_depth_gauge_follows_the_queue(daemon: Harness, venue_id: str) -> None:
+    """integration_queue_depth_messages asks the broker each time, not the count the queue
+    had when the consumer started."""
+    consumer = daemon.consumers[0]
+    await consumer.stop_consuming()  # nothing takes them: they wait in the queue
+    for _ in range(3):
+        await daemon.request(pull_request(venue_id))
+    stop = asyncio.Event()
+    polling = asyncio.ensure_future(consumer.poll_depth(stop, every_s=0.05))
+    depth = daemon.metrics.queue_depth.labels(queue=consumer.queue_name)
+    try:
+        await eventually(lambda: depth._value.get() == 3, what="a depth of 3")
+    finally:
+        stop.set()
+        await polling
