@@ -140,12 +140,20 @@ async def venue_for_account(
     conn: asyncpg.Connection | asyncpg.Pool, provider: str, *, realm_id: str | None = None,
     merchant_id: str | None = None,
 ) -> str | None:
-    """The venue owning a QuickBooks realm or Square merchant, or None."""
+    """The venue owning a QuickBooks realm or Square merchant, or None.
+
+    One statement per column, not one with ``$2 IS NOT NULL OR ...``: the daemon's pools keep
+    generic plans, and only a plain equality lets a generic plan use the column's index."""
+    if realm_id is not None:
+        column, account = "realm_id", realm_id
+    elif merchant_id is not None:
+        column, account = "merchant_id", merchant_id
+    else:
+        return None
     row: Any = await conn.fetchrow(
-        """SELECT venue_id FROM credentials WHERE provider = $1
-             AND (($2::text IS NOT NULL AND realm_id = $2) OR ($3::text IS NOT NULL AND merchant_id = $3))
-           ORDER BY kind = 'oauth' DESC, id LIMIT 1""",
-        provider, realm_id, merchant_id,
+        f"""SELECT venue_id FROM credentials WHERE provider = $1 AND {column} = $2
+            ORDER BY kind = 'oauth' DESC, id LIMIT 1""",
+        provider, account,
     )
     return None if row is None else str(row["venue_id"])
 

@@ -319,3 +319,19 @@ async def test_kms_calls_never_block_the_event_loop(
     finally:
         await keys.close()
     assert ("sk_test_" + "b" * 24, 2) == (got.secret, got.info.version)
+
+
+async def test_a_webhooks_account_finds_its_venue(vault: Vault, venue_id: str, pool: Any) -> None:
+    """A QuickBooks realm or a Square merchant (what their webhooks name) leads to the venue
+    whose OAuth credential holds it; an unknown one, or none, to no venue."""
+    from service.database.credentials import venue_for_account
+
+    realm, merchant = f"realm-{os.urandom(6).hex()}", f"MERCHANT{os.urandom(6).hex()}"
+    for provider, field, value in (("quickbooks", "realm_id", realm), ("square", "merchant_id", merchant)):
+        secret = {**json.loads(oauth_secret(provider)), field: value}
+        await vault.set(venue_id, provider, "oauth", json.dumps(secret))
+    assert venue_id == await venue_for_account(pool, "quickbooks", realm_id=realm)
+    assert venue_id == await venue_for_account(pool, "square", merchant_id=merchant)
+    assert None is await venue_for_account(pool, "quickbooks", realm_id=merchant)  # a merchant is not a realm
+    assert None is await venue_for_account(pool, "square", merchant_id="MLQ1UNKNOWN")
+    assert None is await venue_for_account(pool, "square")
