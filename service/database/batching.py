@@ -13,6 +13,7 @@ only multiply the wait).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -47,8 +48,8 @@ class Coalescer(Generic[I, R]):
         """This item's result, once the batch that carries it has run."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
-        if self._runner is None:
-            self._runner = asyncio.ensure_future(self._run())
+        if self._runner is None:  # its own context: its log lines are no caller's (no job_id)
+            self._runner = asyncio.get_running_loop().create_task(self._run(), context=contextvars.Context())
         return await future
 
     async def _run(self) -> None:

@@ -90,3 +90,20 @@ async def test_an_outage_fails_every_caller_at_once_instead_of_one_by_one() -> N
     results = await asyncio.gather(*(coalescer.submit(x) for x in "abc"), return_exceptions=True)
     assert all(isinstance(r, ConnectionRefusedError) for r in results)
     assert [["a", "b", "c"]] == calls
+
+
+async def test_a_batch_runs_in_no_callers_context() -> None:
+    """A batch serves many callers: it must not run (and log) with the first one's bindings."""
+    import contextvars
+
+    job = contextvars.ContextVar("job", default=None)
+    seen: list[object] = []
+
+    async def batch(items: list[str]) -> list[str]:
+        seen.append(job.get())
+        return items
+
+    coalescer: Coalescer[str, str] = Coalescer(batch)
+    job.set("job-1")
+    assert ["a"] == await asyncio.gather(coalescer.submit("a"))
+    assert [None] == seen
