@@ -152,10 +152,11 @@ class JobRunner:
         return await self._finish(tally, row["started_at"])
 
     def _read_ahead(self) -> asyncio.Task[tuple[VenueAuth, dict[str, Any] | None, Page]] | None:
-        """For a pull, start reading its first page while the job start is being stored: a
-        read with no side effect, so one round trip less before the provider call. It is
-        thrown away when the job turns out to be a duplicate, or a crashed run left a page to
-        resume from. Writes (a push) never go ahead of their job row."""
+        """For a pull, start reading its first page before anything is stored: a read has no
+        side effect. An empty last page then ends the job in one statement (_done_at_once);
+        any other page waits for the job start and is used, or thrown away when the job
+        turns out to be a duplicate or a crashed run left a page to resume from. Writes (a
+        push) never go ahead of their job row."""
         if self._r.direction != "pull":
             return None
         return asyncio.ensure_future(self._first_page())
