@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     retry_max_delay_seconds: float = Field(300.0, gt=0)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     health_check_interval_seconds: float = Field(300.0, gt=0)
+    # Not in CONTRACT section 2 (an addition): finished jobs older than this many days are
+    # deleted with their record log by the daemon's housekeeping; 0 keeps them forever.
+    job_retention_days: float = Field(0.0, ge=0)
     rate_limit_stripe_per_second: float | None = Field(None, gt=0)
     rate_limit_stripe_concurrency: int | None = Field(None, ge=1)
     rate_limit_square_per_second: float | None = Field(None, gt=0)

@@ -322,13 +322,18 @@ class Daemon:
         log.info("daemon_stopped", handed_back=cancelled)
 
     async def _housekeeping(self) -> None:
+        from service.database.jobs import prune_finished_jobs
         from service.database.outbox import prune_published
         from service.webhook_processing import prune_dedupe
 
-        prunes: tuple[tuple[str, Callable[[], Awaitable[int]]], ...] = (
+        prunes: list[tuple[str, Callable[[], Awaitable[int]]]] = [
             ("webhook_events", functools.partial(prune_dedupe, self.app.pool)),
             ("outbox", functools.partial(prune_published, self.app.pool, older_than_s=24 * 3600)),
-        )
+        ]
+        retention_s = self.app.settings.job_retention_days * 86400
+        if retention_s > 0:
+            old_jobs = functools.partial(prune_finished_jobs, self.app.pool, older_than_s=retention_s)
+            prunes.append(("sync_jobs", old_jobs))
         while not self.stop.is_set():
             for table, prune in prunes:  # one failing does not skip the other
                 try:

@@ -59,3 +59,32 @@ async def test_old_published_rows_are_found_by_index(pool: Any) -> None:
             )
         )
     assert "outbox_published_idx" in plan
+
+
+async def test_finished_jobs_past_retention_go_with_their_record_log(pool: Any, venue_id: str) -> None:
+    """JOB_RETENTION_DAYS: old finished jobs and their record outcomes go, in batches; old
+    jobs still running or pending, and recent finished ones, stay."""
+    from service.database import jobs as jobs_db
+
+    tag = uuid.uuid4().hex
+    jobs = {f"{tag}-{status}-{age}": (status, age) for status in ("succeeded", "failed", "running", "pending")
+            for age in (40, 1)}  # fmt: skip
+    for job_id, (status, age_days) in jobs.items():
+        await pool.execute(
+            """INSERT INTO sync_jobs (job_id, venue_id, provider, entity, direction, mode, status, created_at)
+               VALUES ($1, $2, 'stripe', 'customers', 'pull', 'full', $3, now() - make_interval(days => $4))""",
+            job_id, venue_id, status, age_days,
+        )  # fmt: skip
+        await pool.execute(
+            "INSERT INTO sync_record_log (job_id, record_id, operation, outcome) VALUES ($1, 'r1', 'pull', 'created')",
+            job_id,
+        )
+
+    deleted = await jobs_db.prune_finished_jobs(pool, older_than_s=30 * DAY_S, batch=1)
+
+    assert deleted >= 2
+    kept = {r["job_id"] for r in await pool.fetch("SELECT job_id FROM sync_jobs WHERE job_id LIKE $1", f"{tag}-%")}
+    assert set(jobs) - {f"{tag}-succeeded-40", f"{tag}-failed-40"} == kept
+    logged = await pool.fetch("SELECT DISTINCT job_id FROM sync_record_log WHERE job_id LIKE $1", f"{tag}-%")
+    assert kept == {r["job_id"] for r in logged}
+

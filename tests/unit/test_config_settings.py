@@ -174,3 +174,14 @@ def test_secret_settings_do_not_show_in_repr(monkeypatch: pytest.MonkeyPatch) ->
     settings = load_settings()
     assert (False, "sq0csp-hunter2hunter2") == (
         "hunter2" in repr(settings) + str(settings), _plain(settings.square_client_secret))
+
+
+def test_job_retention_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """JOB_RETENTION_DAYS (an addition to the contract's names) keeps jobs forever by default."""
+    monkeypatch.delenv("JOB_RETENTION_DAYS", raising=False)
+    assert 0 == load_settings().job_retention_days
+    monkeypatch.setenv("JOB_RETENTION_DAYS", "30")
+    assert 30 == load_settings().job_retention_days
+    monkeypatch.setenv("JOB_RETENTION_DAYS", "-1")
+    with pytest.raises(ConfigurationError, match="JOB_RETENTION_DAYS"):
+        load_settings()
