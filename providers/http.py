@@ -97,6 +97,14 @@ class HttpReply:
                              status=self.status, retryable=True)
 
 
+def provider_session() -> aiohttp.ClientSession:
+    """The one session a process sends every provider call through. It keeps no cookies:
+    it is shared by every venue's credentials, so a cookie a provider (or its edge) sets on
+    one venue's call must never ride along on another venue's; none of the APIs needs one,
+    and the jar's bookkeeping on each call goes too."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+
+
 # error_hook(status, parsed body or None) -> (error class to use or None for the default, message)
 ErrorHook = Callable[[int, Any], tuple[type[IntegrationError] | None, str | None]]
 

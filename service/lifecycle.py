@@ -111,12 +111,11 @@ def build_clients(settings: Settings, http: Any) -> dict[str, Any]:
 async def open_app(settings: Settings, *, component: str, pool_size: int = 12) -> AsyncIterator[App]:
     """Open pool, vault, limiter, HTTP session, provider clients and the AMQP publisher."""
     import aio_pika
-    import aiohttp
 
     from consumers.publishers import AmqpPublisher, OutboxRelay
     from consumers.topology import declare_topology
     from providers.auth import AuthFactory
-    from providers.http import ProviderHttp
+    from providers.http import ProviderHttp, provider_session
     from service.database import create_pool
     from service.database.ratelimit import PostgresBucketStore
     from service.limiter import RateLimiter
@@ -132,7 +131,7 @@ async def open_app(settings: Settings, *, component: str, pool_size: int = 12) -
         stack.push_async_callback(relaxed_pool.close)
         vault = Vault(pool, key_provider_from_settings(settings))
         limiter = RateLimiter(PostgresBucketStore(relaxed_pool), observer=MetricsLimiterObserver(metrics))
-        session = aiohttp.ClientSession()
+        session = provider_session()
         stack.push_async_callback(session.close)
         http = ProviderHttp(session, limiter=limiter, settings=settings, metrics=metrics)
         clients = build_clients(settings, http)
