@@ -50,11 +50,15 @@ def final_status(counts: JobCounts) -> str:
     return "failed" if counts.failed == counts.processed else "partial"
 
 
+ZERO_COUNTS: dict[str, int] = JobCounts().model_dump()
+
+
 class Tally:
     """Running counts and per-record errors of one job."""
 
     def __init__(self, counts: dict[str, int], errors: list[dict[str, Any]]) -> None:
-        self.counts = dict(JobCounts.model_validate(counts).model_dump())
+        # A new job's empty counts need no validating (most jobs: every pull's first page)
+        self.counts = dict(JobCounts.model_validate(counts).model_dump()) if counts else ZERO_COUNTS.copy()
         self.errors = [RecordError.model_validate(e) for e in errors]
 
     def add(self, outcome: str, error: IntegrationError | None = None, record_id: str | None = None) -> None:
@@ -116,13 +120,14 @@ class JobRunner:
         _, _, page = first.result()
         if page.next_cursor is not None or page.records:
             return None
-        status, finish = self._final_state(Tally({}, []), started_at, cursor=page.resume_cursor)
+        nothing = Tally({}, [])
+        status, finish = self._final_state(nothing, started_at, cursor=page.resume_cursor)
         stored = await self._group.create.submit(jobs_db.Done(self._start_of_job(), finish, started_at))
         if stored is None:
             return None
         self.attempts = 1
         self._outbox += stored
-        self._finished(status, Tally({}, []), attempt=1)
+        self._finished(status, nothing, attempt=1)
         return status, tuple(self._outbox)
 
     async def _run(

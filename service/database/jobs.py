@@ -146,7 +146,7 @@ class Finish:
     status: str
     counts: dict[str, int]
     errors: list[dict[str, Any]]
-    result: dict[str, Any]
+    result: str  # the job result as JSON text (pydantic writes it faster than a dict goes through json)
     finished_at: datetime
     announce: list[OutboxMessage]
     cursor: Cursor | None = None
@@ -188,7 +188,7 @@ async def finish_jobs(conn: Conn, jobs: list[Finish]) -> list[list[StoredMessage
         [job.status for job in jobs],
         [json.dumps(job.counts) for job in jobs],  # as text: a list would read as an array dimension
         [json.dumps(job.errors) for job in jobs],
-        [json.dumps(job.result) for job in jobs],
+        [job.result for job in jobs],
         [job.finished_at for job in jobs],
         [c[0] for c in reached.values()],
         [c[1] for c in reached.values()],
@@ -272,7 +272,7 @@ async def create_finished_jobs(conn: Conn, jobs: list[Done]) -> list[list[Stored
         [job.finish.status for job in jobs],
         [json.dumps(job.finish.counts) for job in jobs],
         [json.dumps(job.finish.errors) for job in jobs],
-        [json.dumps(job.finish.result) for job in jobs],
+        [job.finish.result for job in jobs],
         [job.started_at for job in jobs],
         [job.finish.finished_at for job in jobs],
         [c[0] for c in cursors],

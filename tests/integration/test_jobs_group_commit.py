@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -23,7 +24,7 @@ def finish(job_id: str, status: str = "succeeded", cursor: Any = None) -> jobs_d
     errors = [{"record_id": "r1", "category": "validation", "severity": "low", "message": "bad email"}]
     return jobs_db.Finish(
         job_id=job_id, status=status, counts=counts, errors=errors if status == "partial" else [],
-        result={"job_id": job_id, "status": status}, finished_at=utcnow(),
+        result=json.dumps({"job_id": job_id, "status": status}), finished_at=utcnow(),
         announce=[OutboxMessage("integration.events", f"job.{status}", b"{}", f"result-{job_id}")],
         cursor=cursor,
     )
