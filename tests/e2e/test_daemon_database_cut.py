@@ -51,12 +51,8 @@ async def _final_status(database_url: str, job_id: str) -> str | None:
     return status if status in ("succeeded", "partial", "failed") else None
 
 
-async def test_daemon_hands_back_and_resumes_after_a_database_cut(
-    services: Any, sandbox_server: Any, venue_id: str, tmp_path: Path
-) -> None:
-    env = sandbox_env(module_env(services, tmp_path), sandbox_server)
-    key = await asyncio.to_thread(stripe_account, sandbox_server, env, venue_id)
-
+async def _daemon_behind_proxy(services: Any, env: dict[str, str], tmp_path: Path) -> tuple[TcpProxy, DaemonProcess]:
+    """A started daemon whose PostgreSQL link goes through a TCP proxy the test can cut."""
     database = urlsplit(services.database_url)
     proxy = TcpProxy(database.port or 5432)
     await proxy.start()
@@ -64,6 +60,32 @@ async def test_daemon_hands_back_and_resumes_after_a_database_cut(
     proxied = env | {"DATABASE_URL": database._replace(netloc=f"{user}@127.0.0.1:{proxy.port}").geturl()}
     daemon = DaemonProcess(proxied, tmp_path / "daemon.log")
     await asyncio.to_thread(daemon.start)
+    return proxy, daemon
+
+
+async def test_sigterm_while_the_database_is_away_still_exits_0(
+    services: Any, sandbox_server: Any, tmp_path: Path
+) -> None:
+    """The shutdown's last relay pass cannot reach PostgreSQL: it says so and the process
+    still exits 0 (the rows wait in the outbox for the next process)."""
+    env = sandbox_env(module_env(services, tmp_path), sandbox_server)
+    proxy, daemon = await _daemon_behind_proxy(services, env, tmp_path)
+    try:
+        await proxy.cut()
+        await eventually(lambda: asyncio.to_thread(lambda: not daemon.ready()), timeout=20, what="not ready while cut")
+    finally:
+        code = await asyncio.to_thread(daemon.terminate)
+        await proxy.cut()
+    assert 0 == code
+    assert "final_relay_failed" in (tmp_path / "daemon.log").read_text()
+
+
+async def test_daemon_hands_back_and_resumes_after_a_database_cut(
+    services: Any, sandbox_server: Any, venue_id: str, tmp_path: Path
+) -> None:
+    env = sandbox_env(module_env(services, tmp_path), sandbox_server)
+    key = await asyncio.to_thread(stripe_account, sandbox_server, env, venue_id)
+    proxy, daemon = await _daemon_behind_proxy(services, env, tmp_path)
     records = tmp_path / "records.json"
     records.write_text(json.dumps([{"id": f"cut-{i}", "email": f"cut{i}@example.com"} for i in range(RECORDS)]))
     job_id = str(uuid.uuid4())
