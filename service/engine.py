@@ -26,6 +26,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from providers.base import ProviderClient, VenueAuth
 from service.config import PROVIDERS, Settings
+from service.database import INFRASTRUCTURE_ERRORS
 from service.database import credentials as credentials_db
 from service.database import jobs as jobs_db
 from service.database import outbox as outbox_db
@@ -213,8 +214,8 @@ class Engine:
             return await self._retry_or_give_up(request, delivery, exc.error, attempts)
         except IntegrationError as exc:
             return await self.dead_letter(delivery, exc, raw=request.model_dump(by_alias=True))
-        except (asyncpg.PostgresConnectionError, OSError):
-            raise  # infrastructure: the consumer hands the delivery back
+        except INFRASTRUCTURE_ERRORS:
+            raise  # not the request's fault: the consumer hands the delivery back
         except Exception as exc:
             log.exception("sync_crashed")
             return await self.dead_letter(delivery, classify(exc), raw=request.model_dump(by_alias=True))

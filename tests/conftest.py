@@ -266,6 +266,9 @@ def no_blocking_in_async_tests(request: pytest.FixtureRequest) -> Iterator[None]
             function.can_block_in("asyncpg/connect_utils.py", "_parse_connect_dsn_and_args")
             # Tests build Settings inside coroutines; the service builds them once at start.
             function.can_block_in("pydantic_settings/sources/providers/dotenv.py", "_read_env_files")
+            # A logged traceback reads its source lines (only ever when something crashed).
+            function.can_block_in("linecache.py", {"checkcache", "updatecache"})
+            function.can_block_in("rich/traceback.py", "_render_stack")
         yield
 
 

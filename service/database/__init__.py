@@ -26,6 +26,20 @@ CONNECT_TIMEOUT_S = 10.0
 Pool: TypeAlias = asyncpg.Pool
 
 
+# The database, or the way to it, failed, not the data: the same work can succeed later.
+# A consumer hands such a delivery back (and pauses) instead of dead-lettering it.
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,  # a command timeout
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # e.g. a connection closed under us
+    asyncpg.OperatorInterventionError,  # admin shutdown, cannot connect now, query cancelled
+    asyncpg.InsufficientResourcesError,  # too many connections, disk full
+    asyncpg.TransactionRollbackError,  # deadlock, serialization failure
+    asyncpg.ReadOnlySQLTransactionError,  # a failover's old primary
+)
+
+
 def schema_sql() -> str:
     """The schema, from the installed package's source tree."""
     return SCHEMA_PATH.read_text(encoding="utf-8")

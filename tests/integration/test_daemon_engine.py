@@ -632,3 +632,36 @@ async def test_the_queue_depth_gauge_follows_the_queue(daemon: Harness, venue_id
     finally:
         stop.set()
         await polling
+
+
+@pytest.mark.parametrize("failure", ["deadlock", "command timeout", "admin shutdown"])
+async def test_a_passing_database_failure_hands_the_request_back_instead_of_dead_lettering_it(
+    daemon: Harness, venue_id: str, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """A deadlock, a statement timeout or a restarting server fails the database, not the
+    request: the delivery is handed back and runs once the consumer resumes; nothing is
+    dead-lettered and the job ends succeeded."""
+    import asyncpg
+
+    from service.database import jobs as jobs_db
+
+    errors = {
+        "deadlock": asyncpg.DeadlockDetectedError("deadlock detected"),
+        "command timeout": TimeoutError(),
+        "admin shutdown": asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+    }
+    await daemon.credential(venue_id)
+    create = jobs_db.create_finished_jobs
+    failures = [errors[failure]]
+
+    async def failing_once(conn: Any, jobs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await create(conn, jobs)
+
+    monkeypatch.setattr(jobs_db, "create_finished_jobs", failing_once)
+    request = pull_request(venue_id, "full")
+    await daemon.request(request)
+    row = await eventually(lambda: daemon.finished(request.job_id), timeout=15, what="the job after the failure")
+    assert ("succeeded", []) == (row["status"], failures)
+    assert 0 == await daemon.pool.fetchval("SELECT count(*) FROM dead_letters WHERE job_id = $1", request.job_id)
