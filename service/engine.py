@@ -232,7 +232,7 @@ class Engine:
             # Attempts count failures in a row without progress; waiting for our own limiter
             # is not a failure at all.
             await conn.execute(
-                "UPDATE sync_jobs SET attempts = $2 WHERE job_id = $1",
+                "UPDATE sync_jobs SET attempts = $2 WHERE job_id = $1 AND status NOT IN ('succeeded', 'partial')",
                 request.job_id,
                 attempts - 1 if local_wait else attempts,
             )
@@ -302,7 +302,7 @@ class Engine:
                 severity=error.severity,
             )
             stored = await outbox_db.enqueue(conn, [message] if dead_letter_id is not None else [])
-            if job_id is not None:
+            if job_id is not None and dead_letter_id is not None:  # else a redelivery failed it already
                 stored += await self._fail_job(conn, job_id, raw or {}, error, delivery)
         queue = (
             "integration.webhook-events"
@@ -354,7 +354,8 @@ class Engine:
             started_at=row["started_at"] or utcnow(),
             finished_at=utcnow(),
         )
-        return (await jobs_db.finish_jobs(conn, [final_state(self._d.routes, result, delivery)]))[0]
+        # None: another delivery of the job succeeded meanwhile; its outcome stands
+        return (await jobs_db.finish_jobs(conn, [final_state(self._d.routes, result, delivery)]))[0] or []
 
 
 def final_state(

@@ -484,11 +484,23 @@ class JobRunner:
         statement of its own), with the pull cursor it reached, and announce it."""
         status, state = self._final_state(tally, started_at, cursor=cursor)
         if conn is not None:  # part of the last page's transaction
-            self._outbox += (await jobs_db.finish_jobs(conn, [state]))[0]
+            stored = (await jobs_db.finish_jobs(conn, [state]))[0]
         else:  # shares a statement with the jobs finishing at the same moment
-            self._outbox += await self._group.finish.submit(state)
+            stored = await self._group.finish.submit(state)
+        if stored is None:  # another delivery of this job finished it first
+            raise await self._finished_elsewhere()  # (rolls the last page's transaction back)
+        self._outbox += stored
         self._finished(status, tally, attempt=self.attempts)
         return status, tuple(self._outbox)
+
+    async def _finished_elsewhere(self) -> Exception:
+        """AlreadyFinished with the stored outcome of the delivery that finished this job."""
+        from service.engine import AlreadyFinished
+
+        row = await jobs_db.get_job(self._d.pool, self._r.job_id)
+        assert row is not None  # jobs are never deleted while their messages flow
+        log.warning("sync_finished_by_another_delivery", status=row["status"])
+        return AlreadyFinished(row["status"], row["result"])
 
     def _final_state(
         self, tally: Tally, started_at: Any, *, cursor: dict[str, Any] | None

@@ -128,7 +128,8 @@ async def set_progress(
 
 async def set_pending_retry(conn: Conn, job_id: str, error: str) -> None:
     await conn.execute(
-        "UPDATE sync_jobs SET status = 'pending', last_error = $2, updated_at = now() WHERE job_id = $1",
+        "UPDATE sync_jobs SET status = 'pending', last_error = $2, updated_at = now()"
+        " WHERE job_id = $1 AND status NOT IN ('succeeded', 'partial')",  # another delivery finished it
         job_id,
         error,
     )
@@ -152,50 +153,83 @@ class Finish:
     cursor: Cursor | None = None
 
 
-async def finish_jobs(conn: Conn, jobs: list[Finish]) -> list[list[StoredMessage]]:
+def _announced_tail(written: str, cursor_first: int) -> str:
+    """The end of a statement that wrote jobs in the CTE named ``written`` (returning
+    job_id): the pull cursors they reached and the messages announcing them, for those jobs
+    only; then one row per written job and per outbox row. Parameters: $1-$9 the outbox
+    arrays with their owners (_announced_args), ``$cursor_first``.. the five cursor arrays."""
+    c = [f"${cursor_first + i}" for i in range(5)]
+    return f"""
+        reached AS (
+            INSERT INTO pull_cursors (venue_id, provider, entity, cursor)
+            SELECT DISTINCT ON (v, p, e) v, p, e, c::jsonb  -- two pulls of one entity: the later wins
+            FROM unnest({c[0]}::text[], {c[1]}::text[], {c[2]}::text[], {c[3]}::text[], {c[4]}::text[])
+                WITH ORDINALITY AS u(j, v, p, e, c, n)
+            WHERE j IN (SELECT job_id FROM {written})
+            ORDER BY v, p, e, n DESC
+            ON CONFLICT (venue_id, provider, entity) DO UPDATE SET cursor = EXCLUDED.cursor, updated_at = now()
+        ), announced AS (
+            {outbox_db.insert_sql(1, owned_by=f"(SELECT job_id FROM {written})")}
+        )
+        SELECT job_id AS written, NULL::bigint AS id, NULL::text AS message_id, NULL::boolean AS pending
+        FROM {written}
+        UNION ALL
+        SELECT NULL, id, message_id, pending FROM announced"""
+
+
+def _announced_args(jobs: list[Finish]) -> tuple[list[list[Any]], list[list[Any]]]:
+    """The outbox arrays (with each message's job) and the cursor arrays of _announced_tail."""
+    announce = outbox_db.unique([m for job in jobs for m in job.announce])
+    owner = {m.message_id: job.job_id for job in jobs for m in job.announce}
+    cursors = [(job.job_id, *job.cursor) for job in jobs if job.cursor is not None]
+    outbox_args = [*outbox_db.insert_args(announce), [owner[m.message_id] for m in announce]]
+    cursor_args = [[c[0] for c in cursors], [c[1] for c in cursors], [c[2] for c in cursors],
+                   [c[3] for c in cursors], [json.dumps(c[4]) for c in cursors]]
+    return outbox_args, cursor_args
+
+
+def _per_job(jobs: list[Finish], rows: list[asyncpg.Record]) -> list[list[StoredMessage] | None]:
+    written = {row["written"] for row in rows if row["written"] is not None}
+    announced = [row for row in rows if row["written"] is None]
+    return [
+        outbox_db.pending(outbox_db.unique(job.announce), announced) if job.job_id in written else None
+        for job in jobs
+    ]
+
+
+async def finish_jobs(conn: Conn, jobs: list[Finish]) -> list[list[StoredMessage] | None]:
     """Store jobs' final states, the pull cursors they reached and the messages announcing
     them, in one statement (atomic on its own, or part of the caller's transaction): group
-    commit for concurrent jobs. Per job, in order, the outbox rows to publish. Two jobs of
-    one batch may not share a job_id."""
+    commit for concurrent jobs. Per job, in order, the outbox rows to publish; None for a
+    job that had already succeeded or ended partial (another delivery of it finished
+    first): nothing of it is written, so a job never goes back on its outcome and is
+    announced once. Two jobs of one batch may not share a job_id."""
     _one_row_each(jobs)
-    reached: dict[tuple[str, str, str], Cursor] = {}
-    for job in jobs:  # two pulls of one venue's entity in a batch: the later cursor wins
-        if job.cursor is not None:
-            reached[job.cursor[:3]] = job.cursor
-    announce = outbox_db.unique([m for job in jobs for m in job.announce])
+    outbox_args, cursor_args = _announced_args(jobs)
     rows = await conn.fetch(
         f"""
         WITH input AS (
             SELECT job_id, status, counts::jsonb, errors::jsonb, result::jsonb, finished_at
-            FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::timestamptz[])
+            FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::timestamptz[])
                 AS i(job_id, status, counts, errors, result, finished_at)
         ), finished AS (
             UPDATE sync_jobs AS j SET status = i.status, counts = i.counts, errors = i.errors,
                 result = i.result, finished_at = i.finished_at, progress = NULL, updated_at = now(),
                 last_error = CASE WHEN i.status = 'failed' THEN (i.errors -> -1 ->> 'message') ELSE NULL END
-            FROM input AS i WHERE j.job_id = i.job_id
-        ), reached AS (
-            INSERT INTO pull_cursors (venue_id, provider, entity, cursor)
-            SELECT v, p, e, c::jsonb FROM unnest($15::text[], $16::text[], $17::text[], $18::text[]) AS u(v, p, e, c)
-            ON CONFLICT (venue_id, provider, entity) DO UPDATE SET cursor = EXCLUDED.cursor, updated_at = now()
-        ), announced AS (
-            {outbox_db.insert_sql(1)}
-        )
-        SELECT id, message_id, pending FROM announced
+            FROM input AS i WHERE j.job_id = i.job_id AND j.status NOT IN ('succeeded', 'partial')
+            RETURNING j.job_id
+        ), {_announced_tail("finished", 16)}
         """,
-        *outbox_db.insert_args(announce),
+        *outbox_args,
         [job.job_id for job in jobs],
         [job.status for job in jobs],
         [json.dumps(job.counts) for job in jobs],  # as text: a list would read as an array dimension
         [json.dumps(job.errors) for job in jobs],
         [job.result for job in jobs],
         [job.finished_at for job in jobs],
-        [c[0] for c in reached.values()],
-        [c[1] for c in reached.values()],
-        [c[2] for c in reached.values()],
-        [json.dumps(c[3]) for c in reached.values()],
+        *cursor_args,
     )
-    return [outbox_db.pending(outbox_db.unique(job.announce), rows) for job in jobs]
+    return _per_job(jobs, rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,9 +253,7 @@ async def create_finished_jobs(conn: Conn, jobs: list[Done]) -> list[list[Stored
     had a row (a redelivery, a re-run, a duplicate): nothing of that job was written, and it
     takes the usual way (start_jobs) that knows what to do with an earlier run."""
     _one_row_each(jobs)
-    announce = outbox_db.unique([m for job in jobs for m in job.finish.announce])
-    owner = {m.message_id: job.job_id for job in jobs for m in job.finish.announce}
-    cursors = [(job.job_id, *job.finish.cursor) for job in jobs if job.finish.cursor is not None]
+    outbox_args, cursor_args = _announced_args([job.finish for job in jobs])
     rows = await conn.fetch(
         f"""
         WITH input AS (
@@ -241,24 +273,9 @@ async def create_finished_jobs(conn: Conn, jobs: list[Done]) -> list[list[Stored
             FROM input
             ON CONFLICT (job_id) DO NOTHING
             RETURNING job_id
-        ), reached AS (
-            INSERT INTO pull_cursors (venue_id, provider, entity, cursor)
-            SELECT DISTINCT ON (v, p, e) v, p, e, c::jsonb  -- two pulls of one entity: the later wins
-            FROM unnest($26::text[], $27::text[], $28::text[], $29::text[], $30::text[])
-                WITH ORDINALITY AS u(j, v, p, e, c, n)
-            WHERE j IN (SELECT job_id FROM created)
-            ORDER BY v, p, e, n DESC
-            ON CONFLICT (venue_id, provider, entity) DO UPDATE SET cursor = EXCLUDED.cursor, updated_at = now()
-        ), announced AS (
-            {outbox_db.insert_sql(1, owned_by="(SELECT job_id FROM created)")}
-        )
-        SELECT job_id AS created, NULL::bigint AS id, NULL::text AS message_id, NULL::boolean AS pending
-        FROM created
-        UNION ALL
-        SELECT NULL, id, message_id, pending FROM announced
+        ), {_announced_tail("created", 26)}
         """,
-        *outbox_db.insert_args(announce),
-        [owner[m.message_id] for m in announce],
+        *outbox_args,
         [job.start.job_id for job in jobs],
         [job.start.venue_id for job in jobs],
         [job.start.provider for job in jobs],
@@ -275,18 +292,9 @@ async def create_finished_jobs(conn: Conn, jobs: list[Done]) -> list[list[Stored
         [job.finish.result for job in jobs],
         [job.started_at for job in jobs],
         [job.finish.finished_at for job in jobs],
-        [c[0] for c in cursors],
-        [c[1] for c in cursors],
-        [c[2] for c in cursors],
-        [c[3] for c in cursors],
-        [json.dumps(c[4]) for c in cursors],
+        *cursor_args,
     )
-    created = {row["created"] for row in rows if row["created"] is not None}
-    announced = [row for row in rows if row["created"] is None]
-    return [
-        outbox_db.pending(outbox_db.unique(job.finish.announce), announced) if job.job_id in created else None
-        for job in jobs
-    ]
+    return _per_job([job.finish for job in jobs], rows)
 
 
 async def ensure_job_row(
@@ -491,7 +499,7 @@ class GroupCommit:
 
     def __init__(self, pool: asyncpg.Pool, relaxed_pool: asyncpg.Pool) -> None:
         self.start: Coalescer[Start, asyncpg.Record] = Coalescer(lambda jobs: start_jobs(relaxed_pool, jobs))
-        self.finish: Coalescer[Finish, list[StoredMessage]] = Coalescer(lambda jobs: finish_jobs(pool, jobs))
+        self.finish: Coalescer[Finish, list[StoredMessage] | None] = Coalescer(lambda jobs: finish_jobs(pool, jobs))
         self.create: Coalescer[Done, list[StoredMessage] | None] = Coalescer(
             lambda jobs: create_finished_jobs(pool, jobs)
         )

@@ -665,3 +665,50 @@ async def test_a_passing_database_failure_hands_the_request_back_instead_of_dead
     row = await eventually(lambda: daemon.finished(request.job_id), timeout=15, what="the job after the failure")
     assert ("succeeded", []) == (row["status"], failures)
     assert 0 == await daemon.pool.fetchval("SELECT count(*) FROM dead_letters WHERE job_id = $1", request.job_id)
+
+
+async def test_a_job_finished_by_another_delivery_meanwhile_is_not_overwritten_or_announced_again(
+    daemon: Harness, venue_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two deliveries of one job_id run at once (a publisher's retry, say); the other one
+    succeeds while this one pushes. This one's outcome neither overwrites that success nor
+    announces a second result: it ends as a duplicate."""
+    await daemon.credential(venue_id)
+    request = push(venue_id, [customer(1)])
+    theirs = {"job_id": request.job_id, "status": "succeeded", "by": "the other delivery"}
+    push_batch = daemon.provider.push_batch
+
+    async def finished_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        await daemon.pool.execute(
+            "UPDATE sync_jobs SET status = 'succeeded', result = $2, finished_at = now() WHERE job_id = $1",
+            request.job_id, theirs,
+        )  # fmt: skip
+        return await push_batch(*args, **kwargs)
+
+    monkeypatch.setattr(daemon.provider, "push_batch", finished_meanwhile)
+    await daemon.request(request)
+    consumed = daemon.metrics.messages_consumed.labels(queue="integration.sync-requests", outcome="duplicate")
+    await eventually(lambda: consumed._value.get() == 1, what="this delivery settled as a duplicate")
+    row = await daemon.job(request.job_id)
+    assert ("succeeded", theirs) == (row["status"], row["result"])
+    assert 0 == await daemon.pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE routing_key LIKE 'job.%' AND message_id LIKE $1",
+        f"result-{request.job_id}-%",
+    )
+
+
+async def test_a_dead_letter_delivered_again_fails_its_job_once(daemon: Harness, venue_id: str) -> None:
+    """The same message dead-lettered twice (redelivered before its ack landed) is stored
+    once and announces one failed job result, not two."""
+    request = pull_request(venue_id)  # no credential: an unknown venue for stripe
+    message_id = str(uuid.uuid4())
+    dead = daemon.metrics.messages_consumed.labels(queue="integration.sync-requests", outcome="dead_lettered")
+    before = dead._value.get()
+    for _ in range(2):
+        await daemon.request(request, message_id=message_id)
+    await eventually(lambda: dead._value.get() == before + 2, what="both deliveries dead-lettered")
+    assert 1 == await daemon.pool.fetchval("SELECT count(*) FROM dead_letters WHERE job_id = $1", request.job_id)
+    assert 1 == await daemon.pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE routing_key = 'job.failed' AND message_id LIKE $1",
+        f"result-{request.job_id}-%",
+    )

@@ -66,8 +66,16 @@ async def test_one_statement_finishes_jobs_with_their_cursor_and_announcements(p
     assert ("succeeded", None) == (rows[first]["status"], rows[first]["last_error"])
     assert ("partial", "bad email") == (rows[second]["status"], rows[second]["errors"][0]["message"])
     assert {"n": 2} == (await jobs_db.get_cursors(pool, [key]))[0]  # two pulls of one entity: the later one wins
-    again = await jobs_db.finish_jobs(pool, [finish(first)])
-    assert [[]] != again and again[0][0].id == stored[0][0].id  # same message id: the same unpublished row
+    again = await jobs_db.finish_jobs(pool, [finish(first, "failed"), finish(second)])
+    assert [None, None] == again  # finished by another delivery: nothing overwritten, nothing announced
+    rows = {r["job_id"]: r["status"] for r in await pool.fetch(
+        "SELECT job_id, status FROM sync_jobs WHERE job_id = ANY($1)", [first, second]
+    )}
+    assert {first: "succeeded", second: "partial"} == rows
+    announced = await pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE message_id = ANY($1)", [f"result-{first}", f"result-{second}"]
+    )
+    assert 2 == announced  # the first finish's two rows, no more
 
 
 async def test_concurrent_jobs_share_statements(pool: Any, venue_id: str) -> None:
