@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -31,6 +33,7 @@ Handler = Callable[[Delivery], Awaitable[Outcome]]
 Probe = Callable[[], Awaitable[None]]  # raises while the outcome store is away
 PUBLISHING_PER_PREFETCH = 4  # acknowledged deliveries still publishing, per prefetch slot
 INFRA_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
+REPAUSE_WINDOW_S = 60.0  # a pause this soon after the last resume keeps that pause's backoff
 
 
 def to_delivery(message: AbstractIncomingMessage) -> Delivery:
@@ -74,6 +77,7 @@ class QueueConsumer:
         self._publishing = asyncio.Semaphore(PUBLISHING_PER_PREFETCH * prefetch)
         self._probe = probe
         self._paused: asyncio.Task[None] | None = None  # probing the store before consuming again
+        self._resumed: tuple[float, int] = (-math.inf, 0)  # (when the last pause ended, its probes)
         self._stopping = False
         self.idle = asyncio.Event()
         self.idle.set()
@@ -135,7 +139,11 @@ class QueueConsumer:
         given up, nothing would ever pause or resume this consumer again)."""
         await self._detach()
         log.warning("consumer_paused", queue=self.queue_name)
-        failures = 0
+        # Paused again soon after resuming (a database that answers a probe but cannot take
+        # an outcome, say a read-only failover): carry on from the last pause's backoff
+        # instead of cycling every half second.
+        resumed_at, probes = self._resumed
+        failures = probes if time.monotonic() - resumed_at < REPAUSE_WINDOW_S else 0
         try:
             while not self._stopping:
                 await asyncio.sleep(INFRA_BACKOFF_S[min(failures, len(INFRA_BACKOFF_S) - 1)])
@@ -147,6 +155,7 @@ class QueueConsumer:
                     log.warning("consumer_still_paused", queue=self.queue_name, error=str(exc), probes=failures)
                     continue
                 log.info("consumer_resumed", queue=self.queue_name, probes=failures + 1)
+                self._resumed = (time.monotonic(), failures + 1)
                 return
         finally:
             self._paused = None

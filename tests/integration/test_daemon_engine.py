@@ -712,3 +712,31 @@ async def test_a_dead_letter_delivered_again_fails_its_job_once(daemon: Harness,
         "SELECT count(*) FROM outbox WHERE routing_key = 'job.failed' AND message_id LIKE $1",
         f"result-{request.job_id}-%",
     )
+
+
+async def test_a_consumer_paused_again_soon_after_resuming_keeps_its_backoff(
+    daemon: Harness, venue_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database that answers the probe but fails the outcome again (a read-only failover,
+    say) does not make the consumer cycle every half second: the second pause goes on from
+    the first one's backoff (its resume counts the earlier probe too)."""
+    from structlog.testing import capture_logs
+
+    from service.database import jobs as jobs_db
+
+    await daemon.credential(venue_id)
+    create = jobs_db.create_finished_jobs
+    outages = [OSError("read-only"), OSError("read-only")]
+
+    async def failing_twice(conn: Any, jobs: Any) -> Any:
+        if outages:
+            raise outages.pop()
+        return await create(conn, jobs)
+
+    monkeypatch.setattr(jobs_db, "create_finished_jobs", failing_twice)
+    request = pull_request(venue_id, "full")
+    with capture_logs() as logs:
+        await daemon.request(request)
+        await eventually(lambda: daemon.finished(request.job_id), timeout=15, what="the job after two pauses")
+        resumed = [e["probes"] for e in logs if e["event"] == "consumer_resumed"]
+    assert [1, 2] == resumed
