@@ -60,6 +60,23 @@ def hold_job_results(daemon: Harness, monkeypatch: pytest.MonkeyPatch, exchange:
     return held
 
 
+def fail_job_creates(monkeypatch: pytest.MonkeyPatch, *errors: BaseException) -> list[BaseException]:
+    """The next statements that would create finished jobs raise these errors, in order;
+    returns what is left of them (empty once all were raised)."""
+    from service.database import jobs as jobs_db
+
+    create = jobs_db.create_finished_jobs
+    left = list(reversed(errors))
+
+    async def failing(conn: Any, jobs: Any) -> Any:
+        if left:
+            raise left.pop()
+        return await create(conn, jobs)
+
+    monkeypatch.setattr(jobs_db, "create_finished_jobs", failing)
+    return left
+
+
 @pytest.fixture
 async def daemon(settings: Any, request: Any) -> Any:
     async with running_daemon(settings, name=request.node.name) as harness:
@@ -588,18 +605,8 @@ async def test_a_paused_consumer_whose_reattach_fails_tries_again(
     trying instead of staying detached, and the handed-back request runs."""
     import aio_pika
 
-    from service.database import jobs as jobs_db
-
     await daemon.credential(venue_id)
-    create = jobs_db.create_finished_jobs
-    outages = [OSError("database away")]
-
-    async def failing_once(conn: Any, jobs: Any) -> Any:
-        if outages:
-            raise outages.pop()
-        return await create(conn, jobs)
-
-    monkeypatch.setattr(jobs_db, "create_finished_jobs", failing_once)
+    outages = fail_job_creates(monkeypatch, OSError("database away"))
     consume = aio_pika.RobustQueue.consume
     refusals = [aio_pika.exceptions.ChannelInvalidStateError("channel closed")]
 
@@ -643,7 +650,6 @@ async def test_a_passing_database_failure_hands_the_request_back_instead_of_dead
     dead-lettered and the job ends succeeded."""
     import asyncpg
 
-    from service.database import jobs as jobs_db
 
     errors = {
         "deadlock": asyncpg.DeadlockDetectedError("deadlock detected"),
@@ -651,15 +657,7 @@ async def test_a_passing_database_failure_hands_the_request_back_instead_of_dead
         "admin shutdown": asyncpg.AdminShutdownError("terminating connection due to administrator command"),
     }
     await daemon.credential(venue_id)
-    create = jobs_db.create_finished_jobs
-    failures = [errors[failure]]
-
-    async def failing_once(conn: Any, jobs: Any) -> Any:
-        if failures:
-            raise failures.pop()
-        return await create(conn, jobs)
-
-    monkeypatch.setattr(jobs_db, "create_finished_jobs", failing_once)
+    failures = fail_job_creates(monkeypatch, errors[failure])
     request = pull_request(venue_id, "full")
     await daemon.request(request)
     row = await eventually(lambda: daemon.finished(request.job_id), timeout=15, what="the job after the failure")
@@ -722,18 +720,8 @@ async def test_a_consumer_paused_again_soon_after_resuming_keeps_its_backoff(
     the first one's backoff (its resume counts the earlier probe too)."""
     from structlog.testing import capture_logs
 
-    from service.database import jobs as jobs_db
-
     await daemon.credential(venue_id)
-    create = jobs_db.create_finished_jobs
-    outages = [OSError("read-only"), OSError("read-only")]
-
-    async def failing_twice(conn: Any, jobs: Any) -> Any:
-        if outages:
-            raise outages.pop()
-        return await create(conn, jobs)
-
-    monkeypatch.setattr(jobs_db, "create_finished_jobs", failing_twice)
+    fail_job_creates(monkeypatch, OSError("read-only"), OSError("read-only"))
     request = pull_request(venue_id, "full")
     with capture_logs() as logs:
         await daemon.request(request)
