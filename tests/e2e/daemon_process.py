@@ -71,6 +71,14 @@ def cli(
     return subprocess.run([CLI, *args], env=env, input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
+def sync_cli(
+    env: dict[str, str], venue: str, *args: str, provider: str = "stripe", entity: str = "customers",
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """`integration-service sync` for one venue's entity, with further options."""
+    return cli(env, "sync", "--venue", venue, "--provider", provider, "--entity", entity, *args, timeout=timeout)
+
+
 def wait_until(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while True:

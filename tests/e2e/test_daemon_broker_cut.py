@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.e2e.daemon_process import DaemonProcess, cli, job_status, module_env, sandbox_env, stripe_account
+from tests.e2e.daemon_process import DaemonProcess, job_status, module_env, sandbox_env, stripe_account, sync_cli
 from tests.helpers import eventually
 from tests.tcp_proxy import TcpProxy
 
@@ -21,20 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 def _sync(env: dict[str, str], venue: str, *args: str) -> str:
-    result = cli(
-        env,
-        "sync",
-        "--venue",
-        venue,
-        "--provider",
-        "stripe",
-        "--entity",
-        "customers",
-        "--mode",
-        "full",
-        *args,
-        timeout=120,
-    )
+    result = sync_cli(env, venue, "--mode", "full", *args)
     assert 0 == result.returncode, result.stderr
     return result.stdout.strip()
 

@@ -12,12 +12,12 @@ import pytest
 from service.messages import idempotency_key
 from tests.e2e.daemon_process import (
     DaemonProcess,
-    cli,
     customers_at_sandbox,
     job_status,
     module_env,
     query,
     sandbox_env,
+    sync_cli,
     wait_until,
 )
 from tests.e2e.daemon_process import (
@@ -45,22 +45,7 @@ def publish_push(env: dict[str, str], venue: str, n: int, tmp: Path) -> str:
     path = tmp / f"{venue}.json"
     path.write_text(json.dumps(records))
     job_id = str(uuid.uuid4())
-    result = cli(
-        env,
-        "sync",
-        "--venue",
-        venue,
-        "--provider",
-        "stripe",
-        "--entity",
-        "customers",
-        "--direction",
-        "push",
-        "--records",
-        str(path),
-        "--job-id",
-        job_id,
-    )
+    result = sync_cli(env, venue, "--direction", "push", "--records", str(path), "--job-id", job_id)
     assert 0 == result.returncode and job_id == json.loads(result.stdout)["job_id"], result.stderr
     return job_id
 

@@ -18,12 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.daemon_process import (
     DaemonProcess,
-    cli,
     customers_at_sandbox,
     job_status,
     module_env,
     sandbox_env,
     stripe_account,
+    sync_cli,
 )
 from tests.helpers import eventually
 from tests.tcp_proxy import TcpProxy
@@ -93,9 +93,8 @@ async def test_daemon_hands_back_and_resumes_after_a_database_cut(
         await proxy.cut()
         await eventually(lambda: asyncio.to_thread(lambda: not daemon.ready()), timeout=20, what="not ready while cut")
         published = await asyncio.to_thread(
-            cli, env, "sync", "--venue", venue_id, "--provider", "stripe", "--entity", "customers",
-            "--direction", "push", "--records", str(records), "--job-id", job_id,
-        )  # fmt: skip
+            sync_cli, env, venue_id, "--direction", "push", "--records", str(records), "--job-id", job_id
+        )
         assert 0 == published.returncode, published.stderr
         await eventually(
             lambda: asyncio.to_thread(lambda: _requeued(daemon) >= 1), timeout=30, what="the push handed back"

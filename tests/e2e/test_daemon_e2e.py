@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.daemon_process import DaemonProcess, cli, daemon, module_env, sandbox_env
+from tests.e2e.daemon_process import DaemonProcess, cli, daemon, module_env, sandbox_env, sync_cli
 
 pytestmark = pytest.mark.slow
 
@@ -59,21 +59,7 @@ def sync(
         path = tmp / f"records-{uuid.uuid4().hex}.json"
         path.write_text(json.dumps(records))
         extra += ["--direction", "push", "--records", str(path)]
-    result = cli(
-        env,
-        "sync",
-        "--venue",
-        venue,
-        "--provider",
-        provider,
-        "--entity",
-        entity,
-        *extra,
-        "--wait",
-        "--timeout",
-        "90",
-        timeout=120,
-    )
+    result = sync_cli(env, venue, *extra, "--wait", "--timeout", "90", provider=provider, entity=entity)
     lines = result.stdout.strip().splitlines()
     assert 1 == len(lines), f"stdout must be one line: {result.stdout!r} stderr: {result.stderr}"
     return dict(json.loads(lines[0]))
