@@ -721,10 +721,18 @@ async def test_a_consumer_paused_again_soon_after_resuming_keeps_its_backoff(
     from structlog.testing import capture_logs
 
     await daemon.credential(venue_id)
-    fail_job_creates(monkeypatch, OSError("read-only"), OSError("read-only"))
-    request = pull_request(venue_id, "full")
     with capture_logs() as logs:
-        await daemon.request(request)
-        await eventually(lambda: daemon.finished(request.job_id), timeout=15, what="the job after two pauses")
-        resumed = [e["probes"] for e in logs if e["event"] == "consumer_resumed"]
-    assert [1, 2] == resumed
+
+        def resumes() -> list[int]:
+            return [e["probes"] for e in logs if e["event"] == "consumer_resumed"]
+
+        # One pause, then a second one on a later request once the first has resumed (a
+        # redelivery can reach the consumer before its first pause detaches it, so the
+        # same request cannot be relied on to fail twice in two pauses).
+        for pauses in (1, 2):
+            fail_job_creates(monkeypatch, OSError("read-only"))
+            request = pull_request(venue_id, "full")
+            await daemon.request(request)
+            await eventually(lambda r=request: daemon.finished(r.job_id), timeout=15, what=f"job {pauses} stored")
+            await eventually(lambda n=pauses: len(resumes()) == n, what=f"resume {pauses}")
+    assert [1, 2] == resumes()
