@@ -84,6 +84,9 @@ class EngineDeps:
     routes: Routes
     metrics: Metrics
     relaxed_pool: asyncpg.Pool | None = None  # commits without waiting for the disk
+    # Publishes committed outbox rows now (the relay's publish_stored): a long job's
+    # mid-job events go out page by page. None: they wait for the job's end with its result.
+    announce: Callable[[list[outbox_db.StoredMessage]], Awaitable[None]] | None = None
 
     @property
     def fast(self) -> asyncpg.Pool:

@@ -172,6 +172,7 @@ def build_engine(app: App) -> tuple[Any, Any]:
         routes=MessageRoutes(),
         metrics=app.metrics,
         relaxed_pool=app.relaxed_pool,
+        announce=app.relay.publish_stored,
     )
     engine = Engine(deps)
     return engine, WebhookProcessor(deps, engine)

@@ -322,9 +322,10 @@ class JobRunner:
         async with self._d.fast.acquire() as conn, conn.transaction():
             await jobs_db.log_records(conn, r.job_id, log_rows)
             await jobs_db.upsert_record_states(conn, r.venue_id, r.provider, r.entity, states)
-            self._outbox += await outbox_db.enqueue(conn, events)
+            stored = await outbox_db.enqueue(conn, events)
             self.made_progress = self.made_progress or bool(log_rows or states)
             await jobs_db.set_progress(conn, r.job_id, None, tally.counts)
+        await self._announce_now(stored)
         if transient is not None:
             raise RetryLater(transient)
 
@@ -418,15 +419,28 @@ class JobRunner:
                     events.append(event)
             await jobs_db.log_records(conn, r.job_id, log_rows)
             await jobs_db.upsert_record_states(conn, r.venue_id, r.provider, r.entity, states)
-            self._outbox += await outbox_db.enqueue(conn, events)
+            stored = await outbox_db.enqueue(conn, events)
             self.made_progress = True  # the page and its cursor are stored
-            if last:
+            if last:  # the events go out with the result, after the acknowledgement
+                self._outbox += stored
                 await self._finish(tally, self._started_at, conn, cursor=page.resume_cursor)
-            else:
-                if page.resume_cursor is not None:
-                    await jobs_db.put_cursor(conn, r.venue_id, r.provider, r.entity, page.resume_cursor)
-                progress = {"cursor": page.next_cursor, "resume": resume}
-                await jobs_db.set_progress(conn, r.job_id, progress, tally.counts)
+                return
+            if page.resume_cursor is not None:
+                await jobs_db.put_cursor(conn, r.venue_id, r.provider, r.entity, page.resume_cursor)
+            progress = {"cursor": page.next_cursor, "resume": resume}
+            await jobs_db.set_progress(conn, r.job_id, progress, tally.counts)
+        await self._announce_now(stored)
+
+    async def _announce_now(self, stored: list[outbox_db.StoredMessage]) -> None:
+        """Publish a committed mid-job page's or batch's events now. Held back to the job's
+        end, a job longer than the relay's INLINE_GRACE_S would have them published twice:
+        by the relay loop, which takes them as left behind, and again with the result."""
+        if not stored:
+            return
+        if self._d.announce is None:
+            self._outbox += stored
+            return
+        await self._d.announce(stored)
 
     def _compare(
         self, record: ProviderRecord, data: dict[str, Any], known: Any, auth: VenueAuth

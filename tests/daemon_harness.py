@@ -251,6 +251,7 @@ async def running_daemon(
             auth_for=_auth,
             routes=MessageRoutes(),
             metrics=metrics,
+            announce=relay.publish_stored,
         )
         engine = Engine(deps)
         webhooks = WebhookProcessor(deps, engine)

@@ -416,6 +416,54 @@ async def test_a_pull_resumes_from_a_crashed_runs_page_and_drops_its_read_ahead(
     assert ("succeeded", 3) == (row["status"], row["counts"]["processed"])  # offsets 2, 3 and 4
 
 
+async def test_a_long_pulls_page_events_are_published_once_as_its_pages_commit(
+    daemon: Harness, venue_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pull that outlasts the relay's grace for fresh outbox rows: its earlier pages'
+    events are published as those pages commit, and the job's end does not publish them
+    again (held to the end, the relay took them as left behind and they went out twice)."""
+    from service.database import outbox as outbox_db
+
+    monkeypatch.setattr(outbox_db, "INLINE_GRACE_S", 0.2)
+    await daemon.credential(venue_id)
+    for n in range(6):
+        daemon.provider.objects[f"cus_{n}"] = {"id": f"cus_{n}", "email": f"u{n}@example.com", "updated": n + 1}
+    last_page = asyncio.Event()
+    pull_page = daemon.provider.pull_page
+
+    async def slow_last_page(auth: Any, entity: str, *, cursor: Any, **kwargs: Any) -> Any:
+        if cursor == {"offset": 4}:
+            await last_page.wait()
+        return await pull_page(auth, entity, cursor=cursor, **kwargs)
+
+    monkeypatch.setattr(daemon.provider, "pull_page", slow_last_page)
+    published: list[str] = []
+    publish = daemon.publisher.publish
+
+    async def counting(message: Any, **kwargs: Any) -> None:
+        if venue_id.encode() in message.body:  # not another test's leftover rows
+            published.append(message.message_id)
+        await publish(message, **kwargs)
+
+    monkeypatch.setattr(daemon.publisher, "publish", counting)
+    pull = pull_request(venue_id, "full")
+    await daemon.request(pull)
+
+    async def early_events_marked() -> bool:
+        marked = await daemon.pool.fetchval(
+            "SELECT count(*) FROM outbox WHERE routing_key = 'stripe.customers.upserted' AND published_at IS NOT NULL"
+            " AND convert_from(body, 'UTF8') LIKE $1",
+            f"%{venue_id}%",
+        )
+        return bool(marked == 4)  # pages one and two, published and marked while page three waits
+
+    await eventually(early_events_marked, what="the first two pages' events published")
+    last_page.set()
+    await daemon.probed(lambda m: m.routing_key == "job.succeeded" and body_of(m)["job_id"] == pull.job_id)
+    events = [m for m in published if m.startswith("event-")]
+    assert 6 == len(events) == len(set(events))
+
+
 async def test_a_finished_pull_sent_again_stores_and_announces_nothing(daemon: Harness, venue_id: str) -> None:
     """A duplicate pull's read-ahead page is dropped: no second result, no record event."""
     await daemon.credential(venue_id)
