@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
@@ -75,6 +75,17 @@ _COMPARE_AND_SET = """
 """
 
 Known = tuple[int, BucketState]  # (row version, the state at that version)
+KNOWN_MAX = 10_000  # accounts remembered; past it the copies are dropped and read again
+
+
+@dataclass(slots=True)
+class _Turn:
+    """This process's tasks on one account take turns; ``users`` counts the task holding
+    the lock and those waiting for it (a lock just released to a waiter that has not run
+    yet reports itself unlocked, so ``locked()`` alone cannot tell a turn is still in use)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +104,7 @@ class PostgresBucketStore:
         grant does not wait for the WAL flush; any pool is correct."""
         self._pool = pool
         self._known: dict[tuple[str, str], Known] = {}
-        self._turns: dict[tuple[str, str], asyncio.Lock] = {}  # this process's tasks take turns
+        self._turns: dict[tuple[str, str], _Turn] = {}
         self._writes: Coalescer[_Write, Mapping[str, Any]] = Coalescer(self._write_many)
 
     async def update(
@@ -103,9 +114,10 @@ class PostgresBucketStore:
         key = (provider, account)
         turn = self._turns.get(key)
         if turn is None:
-            turn = self._turns[key] = asyncio.Lock()
+            turn = self._turns[key] = _Turn()
+        turn.users += 1
         try:
-            async with turn:
+            async with turn.lock:
                 known = self._known.get(key) or await self._fetch(provider, account)
                 for _ in range(MAX_ROUNDS):
                     version, state = known
@@ -128,6 +140,8 @@ class PostgresBucketStore:
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             self._known.pop(key, None)
             raise NetworkError(f"rate-limit store failed: {exc.__class__.__name__}") from exc
+        finally:
+            turn.users -= 1
         raise NetworkError(f"rate-limit store: {provider} {account} changed {MAX_ROUNDS} times under us")
 
     async def _write_many(self, writes: list[_Write]) -> list[Mapping[str, Any]]:
@@ -163,9 +177,9 @@ class PostgresBucketStore:
         return BucketState() if row is None else state_from_json(row["state"], row["paused_until"])
 
     def _remember(self, key: tuple[str, str], known: Known) -> None:
-        if len(self._known) > 10_000 and key not in self._known:
+        if len(self._known) >= KNOWN_MAX and key not in self._known:
             self._known.clear()
-            self._turns = {k: lock for k, lock in self._turns.items() if lock.locked()}
+            self._turns = {k: turn for k, turn in self._turns.items() if turn.users}
         self._known[key] = known
 
     async def _fetch(self, provider: str, account: str) -> Known:

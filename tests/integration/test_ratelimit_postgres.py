@@ -197,6 +197,60 @@ async def test_stores_with_stale_copies_apply_every_change_once(pool: Any) -> No
     assert 150 == (await stores[0].read("stripe", account)).epoch
 
 
+async def test_forgetting_accounts_keeps_a_turn_just_handed_to_a_waiter(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past KNOWN_MAX accounts the store forgets its copies and the turns nobody uses. A
+    turn just handed to a waiter that has not run yet is still in use: forgotten, a task
+    arriving then made a fresh turn and could go in beside that waiter (whether it did
+    depends on which read comes back first, so the hand-over is tried ten times)."""
+    from dataclasses import replace
+
+    from service.database import create_pool, ratelimit
+    from service.limiter import BucketState
+
+    monkeypatch.setattr(ratelimit, "KNOWN_MAX", 1)  # any other account remembered forgets
+    inside: set[asyncio.Task[Any]] = set()  # tasks between their change and their return
+    most = 0
+
+    def bump(state: BucketState) -> tuple[BucketState, int]:  # runs in the account's turn
+        nonlocal most
+        inside.add(asyncio.current_task())  # type: ignore[arg-type]
+        most = max(most, len(inside))
+        return replace(state, epoch=state.epoch + 1), state.epoch + 1
+
+    async def hand_over(store: PostgresBucketStore, account: str) -> list[int]:
+        async def update() -> int:
+            try:
+                return await store.update("stripe", account, bump)
+            finally:
+                inside.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+        handing_over = asyncio.Event()
+        remember = store._remember
+
+        def remembering(key: tuple[str, str], known: Any) -> None:
+            remember(key, known)
+            if key[1] == account:  # the holder's last step before it releases the turn
+                handing_over.set()
+
+        store._remember = remembering  # type: ignore[method-assign]
+        holder, waiter = asyncio.ensure_future(update()), asyncio.ensure_future(update())
+        await handing_over.wait()  # runs after the holder released, before the waiter runs
+        remember(("stripe", f"other-{account}"), (0, BucketState()))  # another account: forget
+        latecomer = asyncio.ensure_future(update())
+        return sorted(await asyncio.gather(holder, waiter, latecomer))
+
+    pool = await create_pool(services.database_url, min_size=3, max_size=3)  # reads at once
+    try:
+        for _ in range(10):
+            account = f"acct-{uuid.uuid4().hex[:8]}"
+            assert [1, 2, 3] == await hand_over(PostgresBucketStore(pool), account)
+    finally:
+        await pool.close()
+    assert 1 == most
+
+
 async def test_changes_to_many_accounts_share_statements_and_each_lands_once(pool: Any) -> None:
     """Grants for several accounts at the same moment go in one compare-and-set statement;
     three stores writing five accounts at once still apply each change exactly once."""
