@@ -156,6 +156,10 @@ class PostgresBucketStore:
                 )
                 return [row or {"written": None, "version": None}]  # the row is gone: fetched again
             ordered = sorted(writes, key=lambda w: (w.provider, w.account))
+            if len({(w.provider, w.account) for w in ordered}) < len(ordered):
+                # One statement would report both writes of one row as written: refused, the
+                # Coalescer runs them one by one and the second loses its compare-and-set.
+                raise ValueError("one account twice in a batch")
             rows = await conn.fetch(
                 _COMPARE_AND_SET,
                 [w.provider for w in ordered],

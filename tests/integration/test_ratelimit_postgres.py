@@ -251,6 +251,23 @@ async def test_forgetting_accounts_keeps_a_turn_just_handed_to_a_waiter(
     assert 1 == most
 
 
+async def test_two_writes_of_one_account_in_one_batch_grant_once(pool: Any) -> None:
+    """Two writes of one account from the same version reaching one statement (a turn
+    forgotten too early did that): only the first is written, the other loses."""
+    from service.database.ratelimit import _Write
+    from service.limiter import BucketState
+
+    store = PostgresBucketStore(pool)
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    version, _ = await store._fetch("stripe", account)
+    rows = await asyncio.gather(
+        *(store._writes.submit(_Write("stripe", account, BucketState(epoch=n), version)) for n in (1, 2)),
+        store._writes.submit(_Write("stripe", f"other-{account}", BucketState(), 0)),
+    )
+    assert [version + 1, None] == [row["written"] for row in rows[:2]]
+    assert 1 == (await store.read("stripe", account)).epoch
+
+
 async def test_changes_to_many_accounts_share_statements_and_each_lands_once(pool: Any) -> None:
     """Grants for several accounts at the same moment go in one compare-and-set statement;
     three stores writing five accounts at once still apply each change exactly once."""
