@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -179,35 +180,71 @@ def build_engine(app: App) -> tuple[Any, Any]:
 
 
 AUTH_CACHE_TTL_S = 5.0
+MERCHANT_LOOKUP_BACKOFF_S = 60.0  # a Square merchant lookup that failed is not asked again sooner
 
 
 class AuthCache:
     """Decrypted credentials per (venue, provider) for a few seconds: a busy venue's
     messages then cost no vault read or KMS Decrypt each. A refresh happens inside the
-    cached object; a credential replaced or deleted with the CLI is seen within the TTL."""
+    cached object; a credential replaced or deleted with the CLI is seen within the TTL.
 
-    def __init__(self, app: App, *, ttl_s: float = AUTH_CACHE_TTL_S) -> None:
+    Misses of one key at the same moment share one load, and a Square api_key whose
+    merchant lookup failed is not looked up again for MERCHANT_LOOKUP_BACKOFF_S: that call
+    goes around the rate limiter, so asking on every miss of every delivery would spend the
+    account's quota while Square cannot answer it (the syncs go on without the id)."""
+
+    def __init__(
+        self, app: App, *, ttl_s: float = AUTH_CACHE_TTL_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._app = app
         self._ttl_s = ttl_s
+        self._clock = clock
         self._entries: dict[tuple[str, str], tuple[float, Any]] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        self._lookup_after: dict[str, float] = {}  # venue -> when its merchant may be asked again
 
     async def __call__(self, venue_id: str, provider: str) -> Any:
-        now = asyncio.get_running_loop().time()
-        hit = self._entries.get((venue_id, provider))
-        if hit is not None and hit[0] > now:
+        key = (venue_id, provider)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] > self._clock():
             return hit[1]
-        auth = await auth_with_merchant(self._app, venue_id, provider)
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = self._loading[key] = asyncio.ensure_future(self._load(venue_id, provider))
+            loading.add_done_callback(functools.partial(self._loaded, key))
+        return await asyncio.shield(loading)  # a waiter cancelled leaves the load to the others
+
+    def _loaded(self, key: tuple[str, str], loading: asyncio.Future[Any]) -> None:
+        self._loading.pop(key, None)
+        if not loading.cancelled():
+            loading.exception()  # retrieved: every waiter may have been cancelled meanwhile
+
+    async def _load(self, venue_id: str, provider: str) -> Any:
+        now = self._clock()
+        learn = self._lookup_after.get(venue_id, 0.0) <= now
+        auth = await auth_with_merchant(self._app, venue_id, provider, learn=learn)
+        if learn and provider == "square":
+            if _misses_merchant(auth):
+                self._lookup_after[venue_id] = now + MERCHANT_LOOKUP_BACKOFF_S
+            else:
+                self._lookup_after.pop(venue_id, None)
         if len(self._entries) > 10_000:
             self._entries.clear()
+            self._lookup_after.clear()
         self._entries[(venue_id, provider)] = (now + self._ttl_s, auth)
         return auth
 
 
-async def auth_with_merchant(app: App, venue_id: str, provider: str) -> Any:
+def _misses_merchant(auth: Any) -> bool:
+    return auth.value("merchant_id") is None and not getattr(auth, "is_oauth", False)
+
+
+async def auth_with_merchant(app: App, venue_id: str, provider: str, *, learn: bool = True) -> Any:
     """The venue's auth; a Square api_key whose merchant id is unknown learns it now
-    (CONTRACT section 1: at `credentials set` when Square answers, else on first use)."""
+    (CONTRACT section 1: at `credentials set` when Square answers, else on first use),
+    unless ``learn`` is False."""
     auth = await app.auth.for_venue(venue_id, provider)
-    if provider != "square" or auth.value("merchant_id") is not None or getattr(auth, "is_oauth", False):
+    if provider != "square" or not learn or not _misses_merchant(auth):
         return auth
     credential = await app.vault.get(venue_id, "square", "api_key")
     info = await learn_square_merchant(app.settings, app.vault, credential.info, credential.secret)
