@@ -207,9 +207,15 @@ async def relaxed_commit(conn: asyncpg.Connection) -> None:
 
 
 async def ping(pool: Pool) -> None:
-    """One round trip; raises NetworkError when the database is away."""
+    """One round trip; raises NetworkError when the database is away or cannot take a
+    write (a standby after a failover, or read-only by default): the daemon's probe before
+    it consumes again and its readiness both mean "outcomes can be stored"."""
     try:
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
-            await conn.fetchval("SELECT 1", timeout=5)
+            read_only = await conn.fetchval(
+                "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'", timeout=5
+            )
     except Exception as exc:
         raise NetworkError(f"PostgreSQL unreachable: {exc.__class__.__name__}") from exc
+    if read_only:
+        raise NetworkError("PostgreSQL is read-only (a standby, or read-only by default): cannot store outcomes")

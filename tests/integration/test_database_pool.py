@@ -7,8 +7,10 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import asyncpg
+import pytest
 
-from service.database import create_pool
+from service.database import create_pool, ping
+from service.errors import NetworkError
 from tests.helpers import eventually
 
 
@@ -110,3 +112,17 @@ async def test_generic_plans_are_made_again_as_a_table_grows(services: Any) -> N
             return f"Index Scan using {table}_pkey" in await plan(replanning)
 
         await eventually(by_index, what="the statement planned again, on the index")
+
+
+async def test_ping_refuses_a_database_that_cannot_take_a_write(services: Any, pool: Any) -> None:
+    """A read-only database answers queries but cannot store an outcome: the consumer's
+    probe and the daemon's readiness must not take it for a working one."""
+    await ping(pool)
+    read_only = await asyncpg.create_pool(
+        services.database_url, min_size=1, max_size=1, server_settings={"default_transaction_read_only": "on"}
+    )
+    try:
+        with pytest.raises(NetworkError, match="read-only"):
+            await ping(read_only)
+    finally:
+        await read_only.close()
