@@ -30,6 +30,7 @@ from service.database import INFRASTRUCTURE_ERRORS
 from service.database import credentials as credentials_db
 from service.database import jobs as jobs_db
 from service.database import outbox as outbox_db
+from service.database.job_locks import JobLocks
 from service.errors import (
     IntegrationError,
     RateLimitError,
@@ -65,6 +66,10 @@ class AlreadyFinished(Exception):
         self.result = result
 
 
+class RunningElsewhere(Exception):
+    """Raised by a job runner when another delivery of the job is running it right now."""
+
+
 class RetryLater(Exception):
     """Raised by a job runner for a transient failure: retry the whole request later."""
 
@@ -87,6 +92,7 @@ class EngineDeps:
     # Publishes committed outbox rows now (the relay's publish_stored): a long job's
     # mid-job events go out page by page. None: they wait for the job's end with its result.
     announce: Callable[[list[outbox_db.StoredMessage]], Awaitable[None]] | None = None
+    job_locks: JobLocks | None = None  # one run of a job at a time; None: no lock taken
 
     @property
     def fast(self) -> asyncpg.Pool:
@@ -206,25 +212,50 @@ class Engine:
     async def _run(self, request: SyncRequest, delivery: Delivery) -> Outcome:
         from service.sync import JobRunner
 
-        runner = JobRunner(self._d, request, delivery, group=self._group, overrides=self._override)
+        held = _RunLock(self._d.job_locks, request.job_id)
+        runner = JobRunner(
+            self._d, request, delivery, group=self._group, overrides=self._override, hold=held.take
+        )
         started = utcnow()
-        try:
-            status, stored = await runner.run()
-        except AlreadyFinished as done:
-            return await self._duplicate(done.status, done.result, delivery)
-        except RetryLater as exc:
-            attempts = 1 if runner.made_progress else runner.attempts
-            return await self._retry_or_give_up(request, delivery, exc.error, attempts)
-        except IntegrationError as exc:
-            return await self.dead_letter(delivery, exc, raw=request.model_dump(by_alias=True))
-        except INFRASTRUCTURE_ERRORS:
-            raise  # not the request's fault: the consumer hands the delivery back
-        except Exception as exc:
-            log.exception("sync_crashed")
-            return await self.dead_letter(delivery, classify(exc), raw=request.model_dump(by_alias=True))
+        try:  # the run lock is held until the run's outcome is stored, retries and failures too
+            try:
+                status, stored = await runner.run()
+            except AlreadyFinished as done:
+                return await self._duplicate(done.status, done.result, delivery)
+            except RunningElsewhere:
+                return await self._put_off(request, delivery)
+            except RetryLater as exc:
+                attempts = 1 if runner.made_progress else runner.attempts
+                return await self._retry_or_give_up(request, delivery, exc.error, attempts)
+            except IntegrationError as exc:
+                return await self.dead_letter(delivery, exc, raw=request.model_dump(by_alias=True))
+            except INFRASTRUCTURE_ERRORS:
+                raise  # not the request's fault: the consumer hands the delivery back
+            except Exception as exc:
+                log.exception("sync_crashed")
+                return await self.dead_letter(delivery, classify(exc), raw=request.model_dump(by_alias=True))
+        finally:
+            await held.release()
         elapsed = (utcnow() - started).total_seconds()
         self._d.metrics.job_duration.labels(request.provider, request.entity, status).observe(elapsed)
         return Outcome("done", status=status, outbox=stored)
+
+    async def _put_off(self, request: SyncRequest, delivery: Delivery) -> Outcome:
+        """Another delivery of this job is running it now (here or in another process):
+        schedule this one again, with a growing backoff, instead of running the job twice
+        at once. By then the job has usually finished, and this delivery ends as a duplicate
+        (its reply_to answered from the stored result). The job's row is not touched."""
+        attempt = _retry_attempt(delivery) + 1
+        settings = self._d.settings
+        delay = backoff_delay_s(
+            attempt, base_s=settings.retry_base_delay_seconds, max_s=settings.retry_max_delay_seconds,
+            retry_after_s=None,
+        )
+        message = self._d.routes.retry(delivery, attempt=attempt, delay_s=delay)
+        async with self._d.pool.acquire() as conn, conn.transaction():
+            stored = await outbox_db.enqueue(conn, [message])
+        log.info("sync_running_elsewhere", delay_s=round(delay, 3), attempt=attempt)
+        return Outcome("retry", status="running", outbox=tuple(stored))
 
     async def _retry_or_give_up(
         self, request: SyncRequest, delivery: Delivery, error: IntegrationError, attempts: int
@@ -359,6 +390,35 @@ class Engine:
         )
         # None: another delivery of the job succeeded meanwhile; its outcome stands
         return (await jobs_db.finish_jobs(conn, [final_state(self._d.routes, result, delivery)]))[0] or []
+
+
+class _RunLock:
+    """A job's run lock for one delivery: taken by the runner when it starts the job the
+    long way, released once the delivery's outcome is stored."""
+
+    def __init__(self, locks: JobLocks | None, job_id: str) -> None:
+        self._locks = locks
+        self._job_id = job_id
+        self._held = False
+
+    async def take(self) -> None:
+        """Raises RunningElsewhere when another delivery holds it."""
+        if self._locks is None:
+            return
+        if not await self._locks.try_hold(self._job_id):
+            raise RunningElsewhere(self._job_id)
+        self._held = True
+
+    async def release(self) -> None:
+        if self._held:
+            self._held = False
+            assert self._locks is not None
+            await self._locks.release(self._job_id)
+
+
+def _retry_attempt(delivery: Delivery) -> int:
+    value = delivery.headers.get("x-retry-attempt")
+    return value if isinstance(value, int) and value >= 0 else 0
 
 
 def final_state(

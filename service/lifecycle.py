@@ -99,6 +99,7 @@ class App:
     publisher: Any
     relay: Any
     relaxed_pool: Any = None  # sessions commit without waiting for the disk (redo-safe writes)
+    job_locks: Any = None  # one run of a job at a time (a connection of its own, opened on first use)
 
 
 def build_clients(settings: Settings, http: Any) -> dict[str, Any]:
@@ -118,6 +119,7 @@ async def open_app(settings: Settings, *, component: str, pool_size: int = 12) -
     from providers.auth import AuthFactory
     from providers.http import ProviderHttp, provider_session
     from service.database import create_pool
+    from service.database.job_locks import JobLocks
     from service.database.ratelimit import PostgresBucketStore
     from service.limiter import RateLimiter
     from service.metrics import Metrics, MetricsLimiterObserver
@@ -148,7 +150,11 @@ async def open_app(settings: Settings, *, component: str, pool_size: int = 12) -
         await declare_topology(channel)
         publisher = AmqpPublisher(channel)
         relay = OutboxRelay(relaxed_pool, publisher, metrics=metrics)
-        yield App(settings, pool, vault, metrics, http, clients, auth, connection, publisher, relay, relaxed_pool)
+        job_locks = JobLocks(dsn)
+        stack.push_async_callback(job_locks.close)
+        yield App(
+            settings, pool, vault, metrics, http, clients, auth, connection, publisher, relay, relaxed_pool, job_locks
+        )
 
 
 def _refresher(settings: Settings, vault: Vault, pool: Any, http: Any, metrics: Any) -> Any:
@@ -174,6 +180,7 @@ def build_engine(app: App) -> tuple[Any, Any]:
         metrics=app.metrics,
         relaxed_pool=app.relaxed_pool,
         announce=app.relay.publish_stored,
+        job_locks=app.job_locks,
     )
     engine = Engine(deps)
     return engine, WebhookProcessor(deps, engine)

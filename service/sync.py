@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -79,8 +79,10 @@ class JobRunner:
     """One execution of one sync request."""
 
     def __init__(self, deps: EngineDeps, request: SyncRequest, delivery: Delivery, *,
-                 group: jobs_db.GroupCommit, overrides: Any = None) -> None:
+                 group: jobs_db.GroupCommit, overrides: Any = None,
+                 hold: Callable[[], Awaitable[None]] | None = None) -> None:
         self._d = deps
+        self._hold = hold  # takes the job's run lock, or raises RunningElsewhere
         self._group = group
         self._r = request
         self._delivery = delivery
@@ -135,6 +137,8 @@ class JobRunner:
     ) -> tuple[str, Announced]:
         from service.engine import RetryLater
 
+        if self._hold is not None:
+            await self._hold()
         row = await self._start()
         if self._r.direction == "push":  # the record log is the truth after a crash
             counts, errors = await jobs_db.outcome_tally(self._d.pool, self._r.job_id)

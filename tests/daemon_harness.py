@@ -26,6 +26,7 @@ from consumers.topology import DEAD_EXCHANGE, EVENTS_EXCHANGE, SYNC_QUEUE, WEBHO
 from providers.base import Page, ParsedWebhook, ProviderRecord, PushItem, PushResult, WebhookChange
 from service.config import Settings
 from service.database import create_pool, ping
+from service.database.job_locks import JobLocks
 from service.database.outbox import OutboxMessage
 from service.engine import Engine, EngineDeps
 from service.errors import IntegrationError, NetworkError, ValidationError
@@ -244,6 +245,8 @@ async def running_daemon(
         await _purge(channel)
         publisher = AmqpPublisher(channel)
         relay = OutboxRelay(pool, publisher)
+        job_locks = JobLocks(settings.database_url.get_secret_value())
+        stack.push_async_callback(job_locks.close)
         deps = EngineDeps(
             settings=settings,
             pool=pool,
@@ -252,6 +255,7 @@ async def running_daemon(
             routes=MessageRoutes(),
             metrics=metrics,
             announce=relay.publish_stored,
+            job_locks=job_locks,
         )
         engine = Engine(deps)
         webhooks = WebhookProcessor(deps, engine)

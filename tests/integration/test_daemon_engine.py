@@ -464,6 +464,36 @@ async def test_a_long_pulls_page_events_are_published_once_as_its_pages_commit(
     assert 6 == len(events) == len(set(events))
 
 
+async def test_a_job_delivered_again_while_it_runs_is_put_off_not_run_twice(
+    daemon: Harness, venue_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same job_id delivered again while its first run waits at the provider: the
+    second delivery is scheduled again instead of running beside it, and once the job has
+    finished it ends as a duplicate. The provider sees one write."""
+    await daemon.credential(venue_id)
+    entered, release = asyncio.Event(), asyncio.Event()
+    push_batch = daemon.provider.push_batch
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        await release.wait()
+        return await push_batch(*args, **kwargs)
+
+    monkeypatch.setattr(daemon.provider, "push_batch", held)
+    request = push(venue_id, [customer(1)])
+    await daemon.request(request)
+    await asyncio.wait_for(entered.wait(), timeout=10)
+    await daemon.request(request)  # a publisher's retry, while the first run is at the provider
+    outcomes = daemon.metrics.messages_consumed
+    put_off = outcomes.labels(queue="integration.sync-requests", outcome="retried")
+    await eventually(lambda: put_off._value.get() >= 1, what="the second delivery put off")
+    release.set()
+    duplicate = outcomes.labels(queue="integration.sync-requests", outcome="duplicate")
+    await eventually(lambda: duplicate._value.get() == 1, what="the put-off delivery ended as a duplicate")
+    assert "succeeded" == (await daemon.finished(request.job_id))["status"]
+    assert 1 == sum(1 for op, _ in daemon.provider.calls if op == "push")
+
+
 async def test_a_finished_pull_sent_again_stores_and_announces_nothing(daemon: Harness, venue_id: str) -> None:
     """A duplicate pull's read-ahead page is dropped: no second result, no record event."""
     await daemon.credential(venue_id)

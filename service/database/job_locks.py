@@ -1,0 +1,114 @@
+"""One run of a job at a time, across every process: session advisory locks.
+
+A job that runs the long way (start, pages or batches, finish) first takes the advisory
+lock named after its ``job_id`` on this process's lock connection. A second delivery of
+the same job meanwhile (a publisher that sent it twice, or a redelivery after a lost
+channel while the first run goes on) finds the lock taken and is put off by the engine:
+scheduled again after a backoff, by when the job has usually finished and the delivery
+ends as a duplicate. Two runs at once were safe for the providers (the same idempotency
+keys), but spent the quota twice and wrote the job's progress and cursor in turns.
+
+Why session locks on one connection, not a lease column: a session lock goes with its
+session, so a process that dies (kill -9) frees its jobs the moment PostgreSQL sees the
+connection close, and the redelivery of a crashed job runs at once instead of waiting for
+a lease to run out. One connection holds every lock of the process; tries and releases of
+jobs starting and ending at the same moment share one statement (group commit). A lost
+lock connection loses its locks: the runs in progress go on (keyed writes, as without the
+lock) and new runs take their locks on a new connection. The empty pull's one-statement
+path needs no lock: it writes only where no row exists yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+
+from service.database.batching import Coalescer
+
+log = structlog.get_logger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0
+COMMAND_TIMEOUT_S = 5.0
+# Locks in the order asked; a job released and tried again in one batch is released first.
+_LOCK_OR_UNLOCK = """
+    SELECT CASE WHEN u.take THEN pg_try_advisory_lock(hashtextextended('sync-job:' || u.job_id, 0))
+                ELSE pg_advisory_unlock(hashtextextended('sync-job:' || u.job_id, 0)) END AS done
+    FROM unnest($1::text[], $2::bool[]) WITH ORDINALITY AS u(job_id, take, n)
+    ORDER BY u.n
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    job_id: str
+    take: bool  # False: release
+
+
+class JobLocks:
+    """This process's run locks on jobs; ``close`` frees them all."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: asyncpg.Connection | None = None
+        self._generation = 0  # which connection: a lock of an earlier one is gone
+        self._held: dict[str, int] = {}  # job_id -> generation of its lock (0: being asked)
+        self._asks: Coalescer[_Ask, tuple[bool, int]] = Coalescer(self._run)
+        self._connecting = asyncio.Lock()
+
+    async def try_hold(self, job_id: str) -> bool:
+        """Take the job's run lock; False when a run holds it here or in another process.
+        Raises what the database raises when it cannot be asked (the caller hands back)."""
+        if job_id in self._held:
+            return False  # another delivery runs it in this process (a session lock nests)
+        self._held[job_id] = 0
+        try:
+            taken, generation = await self._asks.submit(_Ask(job_id, True))
+        except BaseException:
+            self._held.pop(job_id, None)
+            raise
+        if not taken:
+            self._held.pop(job_id, None)
+            return False
+        self._held[job_id] = generation
+        return True
+
+    async def release(self, job_id: str) -> None:
+        """Give the lock back (also while being cancelled); a failure only logs: the lock
+        then stays until this connection closes, and that delivery's copies wait."""
+        generation = self._held.pop(job_id, None)
+        if generation is None or generation != self._generation:
+            return  # never held, or lost with an earlier connection
+        try:
+            await asyncio.shield(self._asks.submit(_Ask(job_id, False)))
+        except Exception as exc:
+            log.warning("job_lock_release_failed", error=exc.__class__.__name__)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            await conn.close(timeout=CONNECT_TIMEOUT_S)
+
+    async def _run(self, asks: list[_Ask]) -> list[tuple[bool, int]]:
+        conn = await self._connection()
+        generation = self._generation
+        rows = await conn.fetch(
+            _LOCK_OR_UNLOCK, [a.job_id for a in asks], [a.take for a in asks], timeout=COMMAND_TIMEOUT_S
+        )
+        return [(bool(row["done"]), generation) for row in rows]
+
+    async def _connection(self) -> asyncpg.Connection:
+        async with self._connecting:
+            if self._conn is not None and not self._conn.is_closed():
+                return self._conn
+            lost = sum(1 for generation in self._held.values() if generation == self._generation)
+            if self._conn is not None and lost:
+                log.warning("job_locks_lost", running=lost)  # their runs go on unlocked
+            self._conn = await asyncpg.connect(
+                self._dsn, timeout=CONNECT_TIMEOUT_S,
+                server_settings={"application_name": "integration-service job locks"},
+            )
+            self._generation += 1
+            return self._conn
