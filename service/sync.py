@@ -8,10 +8,10 @@ keys make any repeated provider write a replay).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -97,29 +97,23 @@ class JobRunner:
         """Run the job to its end; return (status, outbox rows to publish). Raises RetryLater
         or AlreadyFinished."""
         started_at = utcnow()
-        first = self._read_ahead()
-        try:
-            if first is not None:
-                done = await self._done_at_once(first, started_at)
-                if done is not None:
-                    return done
-            return await self._run(first)
-        finally:  # whatever ended the run, the read-ahead ends with it
-            await _discard(first)
+        first = await self._read_first()
+        if first is not None:
+            done = await self._done_at_once(first, started_at)
+            if done is not None:
+                return done
+        return await self._run(first)
 
-    async def _done_at_once(
-        self, first: asyncio.Task[tuple[VenueAuth, dict[str, Any] | None, Page]], started_at: Any
-    ) -> tuple[str, Announced] | None:
+    async def _done_at_once(self, first: FirstPage, started_at: Any) -> tuple[str, Announced] | None:
         """A pull whose first page is its last and holds nothing (the usual incremental
         pull: nothing changed since the cursor) has nothing to compare and no page to resume
         from: the job is created finished, with its cursor and result, in one statement
         shared with the jobs ending at the same moment. None (nothing written) when the page
         failed or holds something, or the job_id already has a row: the usual way then
         starts the job and uses the page read."""
-        await asyncio.wait([first])
-        if first.cancelled() or first.exception() is not None:
+        if first.error is not None:
             return None
-        _, _, page = first.result()
+        _, _, page = first.get()
         if page.next_cursor is not None or page.records:
             return None
         nothing = Tally({}, [])
@@ -132,9 +126,7 @@ class JobRunner:
         self._finished(status, nothing, attempt=1)
         return status, tuple(self._outbox)
 
-    async def _run(
-        self, first: asyncio.Task[tuple[VenueAuth, dict[str, Any] | None, Page]] | None
-    ) -> tuple[str, Announced]:
+    async def _run(self, first: FirstPage | None) -> tuple[str, Announced]:
         from service.engine import RetryLater
 
         if self._hold is not None:
@@ -160,15 +152,18 @@ class JobRunner:
             return self.finished, tuple(self._outbox)
         return await self._finish(tally, row["started_at"])
 
-    def _read_ahead(self) -> asyncio.Task[tuple[VenueAuth, dict[str, Any] | None, Page]] | None:
-        """For a pull, start reading its first page before anything is stored: a read has no
-        side effect. An empty last page then ends the job in one statement (_done_at_once);
-        any other page waits for the job start and is used, or thrown away when the job
-        turns out to be a duplicate or a crashed run left a page to resume from. Writes (a
-        push) never go ahead of their job row."""
+    async def _read_first(self) -> FirstPage | None:
+        """For a pull, read its first page before anything is stored: a read has no side
+        effect. An empty last page then ends the job in one statement (_done_at_once); any
+        other page (or the error reading it) waits for the job start and is used, or thrown
+        away when the job turns out to be a duplicate or a crashed run left a page to resume
+        from. Writes (a push) never go ahead of their job row."""
         if self._r.direction != "pull":
             return None
-        return asyncio.ensure_future(self._first_page())
+        try:
+            return FirstPage(await self._first_page())
+        except Exception as exc:  # raised where the page is used, once the job has started
+            return FirstPage(error=exc)
 
     async def _first_page(self) -> tuple[VenueAuth, dict[str, Any] | None, Page]:
         r = self._r
@@ -354,17 +349,16 @@ class JobRunner:
         client: Any,
         tally: Tally,
         progress: dict[str, Any] | None,
-        first: asyncio.Task[tuple[VenueAuth, dict[str, Any] | None, Page]],
+        first: FirstPage,
     ) -> None:
         """Page by page from the first page read ahead, or from the page a crashed run
         stored in ``progress``."""
         r = self._r
         page: Page | None
         if progress is None:
-            auth, resume, page = await first
+            auth, resume, page = first.get()
             cursor = None
         else:
-            await _discard(first)
             auth = await self._d.auth_for(r.venue_id, r.provider)
             cursor, resume, page = progress.get("cursor"), progress.get("resume"), None
         mapping = self._mapping(await self._override())
@@ -562,16 +556,19 @@ def platform_id_of(data: dict[str, Any]) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
-async def _discard(task: asyncio.Task[Any] | None) -> None:
-    """Cancel a read-ahead nobody needs and wait for it to end; its outcome is dropped, but
-    this task's own cancellation still propagates."""
-    if task is None:
-        return
-    if not task.done():
-        task.cancel()
-        await asyncio.wait([task])
-    if not task.cancelled():
-        task.exception()  # retrieved, so asyncio does not report it as never retrieved
+@dataclass(frozen=True, slots=True)
+class FirstPage:
+    """A pull's first page read before its job started: (auth, resume cursor, page), or
+    the error reading it, raised where the page is used."""
+
+    read: tuple[VenueAuth, dict[str, Any] | None, Page] | None = None
+    error: Exception | None = None
+
+    def get(self) -> tuple[VenueAuth, dict[str, Any] | None, Page]:
+        if self.error is not None:
+            raise self.error
+        assert self.read is not None
+        return self.read
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
