@@ -76,8 +76,8 @@ class JobLocks:
         return True
 
     async def release(self, job_id: str) -> None:
-        """Give the lock back (also while being cancelled); a failure only logs: the lock
-        then stays until this connection closes, and that delivery's copies wait."""
+        """Give the lock back (also while being cancelled); a failure only logs (the
+        statement's failure dropped the connection, and with it the lock)."""
         generation = self._held.pop(job_id, None)
         if generation is None or generation != self._generation:
             return  # never held, or lost with an earlier connection
@@ -92,11 +92,19 @@ class JobLocks:
             await conn.close(timeout=CONNECT_TIMEOUT_S)
 
     async def _run(self, asks: list[_Ask]) -> list[tuple[bool, int]]:
+        """One statement for these tries and releases. If it fails, the connection is
+        dropped with every lock on it: a timed-out try may have taken its lock after all, or
+        a failed release kept one, and a lock nobody knows of would put that job's
+        deliveries off for good. The runs holding locks then go on unlocked."""
         conn = await self._connection()
         generation = self._generation
-        rows = await conn.fetch(
-            _LOCK_OR_UNLOCK, [a.job_id for a in asks], [a.take for a in asks], timeout=COMMAND_TIMEOUT_S
-        )
+        try:
+            rows = await conn.fetch(
+                _LOCK_OR_UNLOCK, [a.job_id for a in asks], [a.take for a in asks], timeout=COMMAND_TIMEOUT_S
+            )
+        except BaseException:
+            conn.terminate()
+            raise
         return [(bool(row["done"]), generation) for row in rows]
 
     async def _connection(self) -> asyncpg.Connection:

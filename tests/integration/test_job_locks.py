@@ -5,6 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import asyncpg
+import pytest
+
+from service.database import job_locks
 from service.database.job_locks import JobLocks
 from tests.helpers import eventually
 
@@ -42,4 +46,28 @@ async def test_a_dead_holders_jobs_are_free_at_once_and_it_takes_new_locks_on_a_
         assert not await other.try_hold(later)
     finally:
         await holder.close()
+        await other.close()
+
+
+async def test_a_try_that_timed_out_leaves_no_lock_behind(services: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session lock taken by a statement that then timed out stays with the session even
+    though the statement failed; kept, nobody would know of it and that job's deliveries
+    would be put off for good. The failed statement's connection goes, and the lock with it."""
+    locks = JobLocks(services.database_url)
+    other = await asyncpg.connect(services.database_url)  # another process, asking by hand
+    job = str(uuid.uuid4())
+    monkeypatch.setattr(job_locks, "COMMAND_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(  # takes the lock, then is too slow to answer
+        job_locks,
+        "_LOCK_OR_UNLOCK",
+        "SELECT pg_try_advisory_lock(hashtextextended('sync-job:' || u.job_id, 0)) AS done, pg_sleep(2)"
+        " FROM unnest($1::text[], $2::bool[]) AS u(job_id, take)",
+    )
+    try:
+        with pytest.raises(TimeoutError):
+            await locks.try_hold(job)
+        free = "SELECT pg_try_advisory_lock(hashtextextended('sync-job:' || $1, 0))"
+        await eventually(lambda: other.fetchval(free, job), what="the lock the timed-out try took, freed")
+    finally:
+        await locks.close()
         await other.close()
