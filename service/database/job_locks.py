@@ -32,6 +32,16 @@ log = structlog.get_logger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 5.0
+# A daemon whose host vanishes without closing its socket (power loss, a partition) would
+# keep its jobs locked until the server's TCP keepalive gives up, two hours by default:
+# these make the server probe an idle lock session after 10 s and drop it after 3 more
+# unanswered probes 5 s apart, so a lost holder's jobs are free within about 25 s.
+LOCK_SESSION_SETTINGS = {
+    "application_name": "integration-service job locks",
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+}
 # Locks in the order asked; a job released and tried again in one batch is released first.
 _LOCK_OR_UNLOCK = """
     SELECT CASE WHEN u.take THEN pg_try_advisory_lock(hashtextextended('sync-job:' || u.job_id, 0))
@@ -115,8 +125,7 @@ class JobLocks:
             if self._conn is not None and lost:
                 log.warning("job_locks_lost", running=lost)  # their runs go on unlocked
             self._conn = await asyncpg.connect(
-                self._dsn, timeout=CONNECT_TIMEOUT_S,
-                server_settings={"application_name": "integration-service job locks"},
+                self._dsn, timeout=CONNECT_TIMEOUT_S, server_settings=LOCK_SESSION_SETTINGS
             )
             self._generation += 1
             return self._conn

@@ -71,3 +71,18 @@ async def test_a_try_that_timed_out_leaves_no_lock_behind(services: Any, monkeyp
     finally:
         await locks.close()
         await other.close()
+
+
+async def test_the_server_drops_a_silent_lock_session_within_half_a_minute(services: Any) -> None:
+    """A holder whose host vanished without closing its socket keeps no job locked for the
+    server's default two hours of TCP keepalive: the lock session asks for probes after
+    10 s idle, 5 s apart, 3 of them."""
+    locks = JobLocks(services.database_url)
+    try:
+        assert await locks.try_hold(str(uuid.uuid4()))
+        assert locks._conn is not None
+        shown = [await locks._conn.fetchval(f"SHOW {name}") for name in
+                 ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")]
+        assert ["10", "5", "3"] == shown  # seconds
+    finally:
+        await locks.close()
