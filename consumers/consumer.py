@@ -24,6 +24,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from consumers.publishers import OutboxRelay
+from service.messages import without_nul
 from service.metrics import Metrics
 from service.ports import Delivery, Outcome
 
@@ -37,16 +38,23 @@ REPAUSE_WINDOW_S = 60.0  # a pause this soon after the last resume keeps that pa
 
 
 def to_delivery(message: AbstractIncomingMessage) -> Delivery:
+    """The delivery as the engine sees it; its text properties without NUL characters, which
+    PostgreSQL cannot store (a message_id holding one would fail every outcome it is part of,
+    its dead letter included, and go round until the broker's delivery limit)."""
     return Delivery(
         body=message.body,
-        exchange=message.exchange or "",
-        routing_key=message.routing_key or "",
-        message_id=message.message_id,
-        reply_to=message.reply_to,
-        correlation_id=message.correlation_id,
+        exchange=without_nul(message.exchange or ""),
+        routing_key=without_nul(message.routing_key or ""),
+        message_id=_text(message.message_id),
+        reply_to=_text(message.reply_to),
+        correlation_id=_text(message.correlation_id),
         headers=dict(message.headers or {}),
         redelivered=bool(message.redelivered),
     )
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else without_nul(value)
 
 
 class QueueConsumer:

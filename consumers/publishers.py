@@ -19,7 +19,7 @@ from service.database import outbox as outbox_db
 from service.database import relaxed_commit
 from service.database.outbox import OutboxMessage, StoredMessage
 from service.errors import NetworkError
-from service.messages import JobResult, RecordEvent, SyncRequest, VerifiedWebhook, utcnow
+from service.messages import JobResult, RecordEvent, SyncRequest, VerifiedWebhook, utcnow, without_nul
 from service.ports import Delivery
 
 log = structlog.get_logger(__name__)
@@ -184,10 +184,12 @@ def _plain(headers: dict[str, Any]) -> dict[str, Any]:
     for key, value in headers.items():
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
-        if isinstance(value, str | int | float | bool) or value is None:
-            out[key] = value
+        if isinstance(value, str):
+            out[without_nul(key)] = without_nul(value)  # jsonb refuses NUL
+        elif isinstance(value, int | float | bool) or value is None:
+            out[without_nul(key)] = value
         else:
-            out[key] = str(value)
+            out[without_nul(key)] = without_nul(str(value))
     return out
 
 

@@ -47,6 +47,7 @@ from service.messages import (
     first_error_line,
     parse_json_object,
     utcnow,
+    without_nul,
 )
 from service.metrics import Metrics
 from service.ports import Delivery, Outcome, Routes
@@ -118,7 +119,7 @@ def backoff_delay_s(
 
 def readable_job_id(body: dict[str, Any] | None) -> str | None:
     value = body.get("job_id") if body else None
-    return value if isinstance(value, str) and 0 < len(value) <= 200 else None
+    return value if isinstance(value, str) and 0 < len(value) <= 200 and "\x00" not in value else None
 
 
 class Engine:
@@ -452,13 +453,15 @@ def _jsonable(headers: dict[str, Any]) -> dict[str, Any]:
             return {str(k): convert(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [convert(v) for v in value]
-        if isinstance(value, str | int | float | bool) or value is None:
+        if isinstance(value, str):
+            return without_nul(value)
+        if isinstance(value, int | float | bool) or value is None:
             return value
         if isinstance(value, datetime):
             return value.astimezone(UTC).isoformat()
-        return str(value)
+        return without_nul(str(value))
 
-    return {str(k): convert(v) for k, v in headers.items()}
+    return {without_nul(str(k)): convert(v) for k, v in headers.items()}
 
 
 def new_message_id() -> str:

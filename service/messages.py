@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from service.config import PROVIDERS
 
@@ -20,7 +20,22 @@ Direction = Literal["pull", "push"]
 Mode = Literal["full", "incremental"]
 JobStatus = Literal["pending", "running", "succeeded", "partial", "failed"]
 FinalStatus = Literal["succeeded", "partial", "failed"]
-Id = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=False)]
+
+
+def without_nul(text: str) -> str:
+    """Text PostgreSQL can store: a NUL character (which text and jsonb refuse) becomes U+FFFD."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+Id = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, strip_whitespace=False), AfterValidator(_no_nul)
+]
 
 SYNC_REQUEST_V1 = "integration.sync_request.v1"
 JOB_RESULT_V1 = "integration.job_result.v1"

@@ -143,6 +143,25 @@ async def test_acknowledged_deliveries_waiting_for_confirms_are_bounded(
     await eventually(lambda: consumed._value.get() == len(requests), timeout=30, what="the rest acknowledged")
 
 
+async def test_nul_characters_are_dead_lettered_or_stored_not_handed_back_forever(
+    daemon: Harness, venue_id: str
+) -> None:
+    """PostgreSQL text cannot hold NUL. A job_id with one is a validation dead letter (its
+    record stored); a message_id or header with one is stored with U+FFFD instead. Before,
+    every outcome of such a message failed, its dead letter too, and it went round."""
+    await daemon.credential(venue_id)
+    body = json.dumps(
+        {"schema": "integration.sync_request.v1", "job_id": "job\u0000one", "venue_id": venue_id,
+         "provider": "stripe", "entity": "customers", "direction": "pull"}
+    ).encode()
+    await daemon.publish(body, "sync.stripe.customers", message_id="message\x00one")
+    dead = await daemon.probed(lambda m: m.exchange == "integration.dead" and m.body == body)
+    assert "validation" == dead.headers["x-error-category"]
+    assert "NUL" in str(dead.headers["x-death-reason"])
+    stored = await daemon.pool.fetchrow("SELECT message_id, job_id FROM dead_letters WHERE body = $1", body)
+    assert ("message\ufffdone", None) == (stored["message_id"], stored["job_id"])
+
+
 async def test_a_dead_letter_is_acknowledged_only_after_it_is_published(
     daemon: Harness, venue_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
