@@ -224,6 +224,9 @@ class Engine:
             except AlreadyFinished as done:
                 return await self._duplicate(done.status, done.result, delivery)
             except RunningElsewhere:
+                row = await jobs_db.get_job(self._d.pool, request.job_id)
+                if row is not None and row["status"] in ("succeeded", "partial"):  # it just ended
+                    return await self._duplicate(row["status"], row["result"], delivery)
                 return await self._put_off(request, delivery)
             except RetryLater as exc:
                 attempts = 1 if runner.made_progress else runner.attempts

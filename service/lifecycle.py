@@ -229,7 +229,12 @@ class AuthCache:
     async def _load(self, venue_id: str, provider: str) -> Any:
         now = self._clock()
         learn = self._lookup_after.get(venue_id, 0.0) <= now
-        auth = await auth_with_merchant(self._app, venue_id, provider, learn=learn)
+        try:
+            auth = await auth_with_merchant(self._app, venue_id, provider, learn=learn)
+        except Exception:  # Square may have answered and storing its answer failed: wait too
+            if learn and provider == "square":
+                self._lookup_after[venue_id] = now + MERCHANT_LOOKUP_BACKOFF_S
+            raise
         if learn and provider == "square":
             if _misses_merchant(auth):
                 self._lookup_after[venue_id] = now + MERCHANT_LOOKUP_BACKOFF_S
@@ -274,7 +279,6 @@ class Daemon:
     async def _start_consumers(self) -> None:
         from consumers.consumer import QueueConsumer
         from consumers.topology import SYNC_QUEUE, WEBHOOK_QUEUE
-        from service.database import ping
 
         engine, webhooks = build_engine(self.app)
         for queue, handler in ((SYNC_QUEUE, engine.handle_sync), (WEBHOOK_QUEUE, webhooks.handle)):
@@ -285,16 +289,27 @@ class Daemon:
                 handler,
                 relay=self.app.relay,
                 metrics=self.app.metrics,
-                probe=functools.partial(ping, self.app.pool),
+                probe=self._database_ready,
                 prefetch=self.prefetch,
             )
             await consumer.start()
             self.consumers.append(consumer)
 
+    async def _database_ready(self) -> None:
+        """Outcomes can be stored: the pool takes a write and the job-lock connection is
+        open (the consumers' probe before consuming again, and readiness)."""
+        from service.database import ping
+
+        await ping(self.app.pool)
+        if self.app.job_locks is not None:
+            try:
+                await self.app.job_locks.ping()
+            except Exception as exc:
+                raise NetworkError(f"PostgreSQL job-lock connection: {exc.__class__.__name__}") from exc
+
     def _web_app(self) -> Any:
         from aiohttp import web
 
-        from service.database import ping
         from service.health import add_provider_health_route
         from service.httpcommon import add_health_routes
 
@@ -313,7 +328,7 @@ class Daemon:
         add_health_routes(
             web_app,
             metrics=self.app.metrics,
-            checks={"database": lambda: ping(self.app.pool), "broker": broker, "consumers": consumers},
+            checks={"database": self._database_ready, "broker": broker, "consumers": consumers},
         )
         add_provider_health_route(web_app, self.monitor)
         return web_app

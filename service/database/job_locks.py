@@ -21,7 +21,10 @@ path needs no lock: it writes only where no row exists yet.
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import structlog
@@ -43,18 +46,25 @@ LOCK_SESSION_SETTINGS = {
     "tcp_keepalives_count": "3",
 }
 # Locks in the order asked; a job released and tried again in one batch is released first.
+# Keys are hashed here, so no job_id (whatever characters it holds) can fail the statement.
 _LOCK_OR_UNLOCK = """
-    SELECT CASE WHEN u.take THEN pg_try_advisory_lock(hashtextextended('sync-job:' || u.job_id, 0))
-                ELSE pg_advisory_unlock(hashtextextended('sync-job:' || u.job_id, 0)) END AS done
-    FROM unnest($1::text[], $2::bool[]) WITH ORDINALITY AS u(job_id, take, n)
+    SELECT CASE WHEN u.take THEN pg_try_advisory_lock(u.key) ELSE pg_advisory_unlock(u.key) END AS done
+    FROM unnest($1::int8[], $2::bool[]) WITH ORDINALITY AS u(key, take, n)
     ORDER BY u.n
 """
+
+
+def lock_key(job_id: str) -> int:
+    """The advisory lock key of a job: 64 bits of BLAKE2b of its name, as a signed bigint."""
+    digest = hashlib.blake2b(f"sync-job:{job_id}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 @dataclass(frozen=True, slots=True)
 class _Ask:
     job_id: str
     take: bool  # False: release
+    generation: int = 0  # a release: the connection its lock was taken on
 
 
 class JobLocks:
@@ -67,15 +77,28 @@ class JobLocks:
         self._held: dict[str, int] = {}  # job_id -> generation of its lock (0: being asked)
         self._asks: Coalescer[_Ask, tuple[bool, int]] = Coalescer(self._run)
         self._connecting = asyncio.Lock()
+        self._abandoned: set[asyncio.Future[Any]] = set()  # asks and releases nobody awaits
+
+    async def ping(self) -> None:
+        """Raise unless the lock connection is open or can be opened now (part of the
+        database probe: without it no job can start the long way)."""
+        await self._connection()
 
     async def try_hold(self, job_id: str) -> bool:
         """Take the job's run lock; False when a run holds it here or in another process.
-        Raises what the database raises when it cannot be asked (the caller hands back)."""
+        Raises what the database raises when it cannot be asked (the caller hands back).
+        A caller cancelled while asking leaves the ask to finish: a lock taken all the same
+        is given back, never left on the session for nobody to release."""
         if job_id in self._held:
             return False  # another delivery runs it in this process (a session lock nests)
         self._held[job_id] = 0
+        asking = asyncio.ensure_future(self._asks.submit(_Ask(job_id, True)))
         try:
-            taken, generation = await self._asks.submit(_Ask(job_id, True))
+            taken, generation = await asyncio.shield(asking)
+        except asyncio.CancelledError:
+            self._abandoned.add(asking)
+            asking.add_done_callback(functools.partial(self._after_abandoned, job_id))
+            raise
         except BaseException:
             self._held.pop(job_id, None)
             raise
@@ -85,6 +108,16 @@ class JobLocks:
         self._held[job_id] = generation
         return True
 
+    def _after_abandoned(self, job_id: str, asking: asyncio.Future[tuple[bool, int]]) -> None:
+        self._abandoned.discard(asking)
+        if asking.cancelled() or asking.exception() is not None or not asking.result()[0]:
+            self._held.pop(job_id, None)
+            return
+        self._held[job_id] = asking.result()[1]
+        releasing = asyncio.ensure_future(self.release(job_id))
+        self._abandoned.add(releasing)
+        releasing.add_done_callback(self._abandoned.discard)
+
     async def release(self, job_id: str) -> None:
         """Give the lock back (also while being cancelled); a failure only logs (the
         statement's failure dropped the connection, and with it the lock)."""
@@ -92,7 +125,7 @@ class JobLocks:
         if generation is None or generation != self._generation:
             return  # never held, or lost with an earlier connection
         try:
-            await asyncio.shield(self._asks.submit(_Ask(job_id, False)))
+            await asyncio.shield(self._asks.submit(_Ask(job_id, False, generation)))
         except Exception as exc:
             log.warning("job_lock_release_failed", error=exc.__class__.__name__)
 
@@ -105,17 +138,24 @@ class JobLocks:
         """One statement for these tries and releases. If it fails, the connection is
         dropped with every lock on it: a timed-out try may have taken its lock after all, or
         a failed release kept one, and a lock nobody knows of would put that job's
-        deliveries off for good. The runs holding locks then go on unlocked."""
+        deliveries off for good. The runs holding locks then go on unlocked. A release of a
+        lock taken on an earlier connection is not sent (it went with that connection, and
+        the unlock could only undo somebody's new lock of the same job)."""
         conn = await self._connection()
         generation = self._generation
-        try:
-            rows = await conn.fetch(
-                _LOCK_OR_UNLOCK, [a.job_id for a in asks], [a.take for a in asks], timeout=COMMAND_TIMEOUT_S
-            )
-        except BaseException:
-            conn.terminate()
-            raise
-        return [(bool(row["done"]), generation) for row in rows]
+        sent = [a for a in asks if a.take or a.generation == generation]
+        done: dict[int, bool] = {}
+        if sent:
+            try:
+                rows = await conn.fetch(
+                    _LOCK_OR_UNLOCK, [lock_key(a.job_id) for a in sent], [a.take for a in sent],
+                    timeout=COMMAND_TIMEOUT_S,
+                )
+            except BaseException:
+                conn.terminate()
+                raise
+            done = {id(a): bool(row["done"]) for a, row in zip(sent, rows, strict=True)}
+        return [(done.get(id(a), False), generation) for a in asks]
 
     async def _connection(self) -> asyncpg.Connection:
         async with self._connecting:

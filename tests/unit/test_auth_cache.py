@@ -100,3 +100,22 @@ async def test_misses_of_one_key_at_once_share_one_load() -> None:
     results = await asyncio.gather(*waiters[1:])
     assert {"M"} == {auth.merchant_id for auth in results}
     assert 1 == source.reads
+
+
+async def test_a_lookup_whose_answer_cannot_be_stored_waits_its_backoff_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Square answered but storing the merchant id failed (the database): that miss fails,
+    and the next misses within the backoff go on without asking Square again."""
+    source = Source()
+    asked = 0
+
+    async def storing_fails(settings: Any, vault: Any, info: Any, secret: str) -> Any:
+        nonlocal asked
+        asked += 1
+        raise OSError("connection reset while storing the merchant id")
+
+    monkeypatch.setattr(lifecycle, "learn_square_merchant", storing_fails)
+    cache = AuthCache(app_with(source), ttl_s=0.0, clock=Clock())
+    with pytest.raises(OSError):
+        await cache("venue-1", "square")
+    assert (await cache("venue-1", "square")).merchant_id is None
+    assert 1 == asked
