@@ -179,11 +179,18 @@ def build_engine(app: App) -> tuple[Any, Any]:
         routes=MessageRoutes(),
         metrics=app.metrics,
         relaxed_pool=app.relaxed_pool,
-        announce=app.relay.publish_stored,
+        announce=functools.partial(_announce_if_connected, app),
         job_locks=app.job_locks,
     )
     engine = Engine(deps)
     return engine, WebhookProcessor(deps, engine)
+
+
+async def _announce_if_connected(app: App, stored: list[Any]) -> None:
+    """A running job's mid-job events, published now while the broker is up; while it is
+    away they are left to the relay, so each page does not wait out a confirm timeout."""
+    if app.connection.connected.is_set():
+        await app.relay.publish_stored(stored)
 
 
 AUTH_CACHE_TTL_S = 5.0
