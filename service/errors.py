@@ -49,7 +49,9 @@ class IntegrationError(Exception):
         retry_after_s: float | None = None,
         status: int | None = None,
     ) -> None:
-        one_line = " ".join(str(message).split())
+        # One line, and text PostgreSQL can store (a provider's garbage may hold NUL, which
+        # a job's errors, a record log row or a dead letter's reason could not take).
+        one_line = " ".join(str(message).replace("\x00", "\ufffd").split())
         super().__init__(one_line)
         self.message = one_line
         self.retryable = self.default_retryable if retryable is None else retryable

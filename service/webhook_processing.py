@@ -17,6 +17,7 @@ import structlog
 from pydantic import ValidationError as PydanticValidationError
 
 from providers.base import ParsedWebhook, ProviderRecord, WebhookChange
+from service.database import INFRASTRUCTURE_ERRORS
 from service.database import credentials as credentials_db
 from service.database import jobs as jobs_db
 from service.database import outbox as outbox_db
@@ -27,6 +28,7 @@ from service.errors import (
     IntegrationError,
     UnknownEntityError,
     ValidationError,
+    classify,
 )
 from service.logs import bind_message_context
 from service.messages import (
@@ -68,6 +70,11 @@ class WebhookProcessor:
             if exc.retryable:
                 return await self._retry(delivery, webhook, exc)
             return await self._engine.dead_letter(delivery, exc, raw=None)
+        except INFRASTRUCTURE_ERRORS:
+            raise  # not the webhook's fault: the consumer hands the delivery back
+        except Exception as exc:  # a provider body we cannot use, or a bug: stored, not looped
+            log.exception("webhook_crashed")
+            return await self._engine.dead_letter(delivery, classify(exc), raw=None)
         return Outcome("done", status="succeeded", outbox=tuple(stored))
 
     def _parse(self, delivery: Delivery) -> tuple[VerifiedWebhook, bytes]:

@@ -535,6 +535,31 @@ async def test_a_finished_pull_sent_again_stores_and_announces_nothing(daemon: H
     assert (1, 1) == (results, events)
 
 
+async def test_a_webhook_the_provider_code_cannot_handle_is_dead_lettered_not_handed_back(
+    daemon: Harness, venue_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verified webhook whose body breaks the provider's parsing (garbage holding a NUL,
+    which PostgreSQL cannot store in the reason either) is dead-lettered as `unknown`, like
+    a sync request's crash; before, it was handed back as if the database were away, and
+    the consumer paused and went round with it."""
+    await daemon.credential(venue_id)
+
+    def garbage(webhook: Any, body: bytes) -> Any:
+        raise ValueError("unexpected field \x00 in event")
+
+    monkeypatch.setattr(daemon.provider, "parse_webhook", garbage, raising=False)
+    message = VerifiedWebhook(
+        provider="stripe", venue_id=venue_id, received_at=utcnow(), headers={},
+        body=base64.b64encode(b'{"id": "evt_garbage"}').decode(),
+    )
+    body = message.to_json_bytes()
+    await daemon.publish(body, "webhook.stripe", exchange="integration.webhooks")
+    dead = await daemon.probed(lambda m: m.exchange == "integration.dead" and m.body == body)
+    assert "unknown" == dead.headers["x-error-category"]
+    assert "ValueError: unexpected field \ufffd in event" == dead.headers["x-death-reason"]
+    assert 1 == await daemon.pool.fetchval("SELECT count(*) FROM dead_letters WHERE body = $1", body)
+
+
 async def test_same_webhook_event_twice_yields_one_record_event(daemon: Harness, venue_id: str) -> None:
     """Webhook dedupe: the same provider event delivered twice produces one record event."""
     await daemon.credential(venue_id)
