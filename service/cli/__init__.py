@@ -29,6 +29,16 @@ class CommandError(Exception):
         self.exit_code = exit_code
 
 
+class ExitStatus(Exception):
+    """End the command with this status and nothing more on stderr (its output is said).
+    click's own Exit cannot carry it: without standalone mode, click turns that into the
+    return value of ``cli.main`` instead of raising it."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(exit_code)
+        self.exit_code = exit_code
+
+
 def load(*, long_running: bool = False) -> config.Settings:
     """Settings from the environment, with logging configured; bad values exit 2."""
     try:
@@ -91,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("no command given; see `integration-service --help`", 2)
     try:
         cli.main(args=args, prog_name="integration-service", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, ExitStatus) as exc:
         return exc.exit_code
     except click.Abort:
         return _fail("aborted", 1)

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from service.cli import CommandError, format_table, load, run_async
+from service.cli import CommandError, ExitStatus, format_table, load, run_async
 from service.config import PROVIDERS
 
 PROVIDER = click.Choice(PROVIDERS)
@@ -121,7 +121,7 @@ def sync(
         return
     click.echo(json.dumps(result, sort_keys=True))
     if result.get("status") != "succeeded":
-        raise click.exceptions.Exit(1)
+        raise ExitStatus(1)  # CONTRACT section 1: exit 0 only if the job succeeded
 
 
 async def _publish_and_wait(

@@ -62,7 +62,9 @@ def sync(
     result = sync_cli(env, venue, *extra, "--wait", "--timeout", "90", provider=provider, entity=entity)
     lines = result.stdout.strip().splitlines()
     assert 1 == len(lines), f"stdout must be one line: {result.stdout!r} stderr: {result.stderr}"
-    return dict(json.loads(lines[0]))
+    outcome = dict(json.loads(lines[0]))
+    assert (0 if outcome["status"] == "succeeded" else 1) == result.returncode  # CONTRACT section 1
+    return outcome
 
 
 def people(prefix: str, n: int) -> list[dict[str, Any]]:
@@ -90,6 +92,20 @@ def test_stripe_push_then_pull(
     assert ("succeeded", 3) == (pushed["status"], pushed["counts"]["created"])
     pulled = sync(env, venue_id, "stripe", "customers", "--mode", "full")
     assert ("succeeded", 3) == (pulled["status"], pulled["counts"]["processed"])
+
+
+def test_sync_wait_exits_1_unless_the_job_succeeded(
+    env: dict[str, str], running: DaemonProcess, sandbox_server: Any, venue_id: str, tmp_path: Path
+) -> None:
+    """`sync --wait` prints the result line whatever it says, and exits 0 only for
+    `succeeded`: a job whose every record failed exits 1 (it exited 0)."""
+    key = f"sk_test_{uuid.uuid4().hex}"
+    sandbox_server.control(
+        "POST", "/_sandbox/accounts", {"provider": "stripe", "account": venue_id, "api_key": key}
+    )
+    store(env, venue_id, "stripe", "api_key", key)
+    outcome = sync(env, venue_id, "stripe", "customers", records=[{"email": "no-id@example.com"}], tmp=tmp_path)
+    assert ("failed", 1) == (outcome["status"], outcome["counts"]["failed"])  # and sync() saw exit 1
 
 
 def test_square_push_then_pull(
