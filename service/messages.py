@@ -78,6 +78,13 @@ class SyncRequest(_Message):
     records: list[dict[str, Any]] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
+    def to_json_bytes(self) -> bytes:
+        """As the base, but ``records`` is left out of a pull (CONTRACT section 3: absent,
+        not null)."""
+        if self.records is None:
+            return self.model_dump_json(by_alias=True, exclude={"records"}).encode()
+        return super().to_json_bytes()
+
     @model_validator(mode="after")
     def _records_match_direction(self) -> SyncRequest:
         if self.direction == "push" and self.records is None:
