@@ -51,6 +51,8 @@ def _read_records(source: str | None) -> list[dict[str, Any]] | None:
         text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     except OSError as exc:
         raise CommandError(f"--records: cannot read {source}: {exc.strerror}", 2) from None
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"--records: {source} is not UTF-8 text (byte {exc.start})", 2) from None
     try:
         records = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -56,3 +56,13 @@ def test_bad_input_is_one_line_and_exit_2(service_env: dict[str, str], case: str
     assert (2, 1) == (result.returncode, len(lines)), result.stderr
     assert lines[0].startswith("error: ") and "Traceback" not in result.stderr
     assert "" == result.stdout
+
+
+def test_records_that_are_not_utf8_are_bad_input(service_env: dict[str, str], tmp_path: Path) -> None:
+    """A --records file in another encoding is the caller's input: one line, exit 2 (it was
+    an `unexpected UnicodeDecodeError`, exit 1)."""
+    path = tmp_path / "records.json"
+    path.write_bytes(b"\xff\xfe[\x00]\x00")  # UTF-16
+    result = run(["sync", "--venue", "v", "--provider", "stripe", "--entity", "customers", "--direction", "push",
+                  "--records", str(path)], service_env)
+    assert (2, f"error: --records: {path} is not UTF-8 text (byte 0)") == (result.returncode, result.stderr.strip())
