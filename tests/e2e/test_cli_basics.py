@@ -66,3 +66,12 @@ def test_records_that_are_not_utf8_are_bad_input(service_env: dict[str, str], tm
     result = run(["sync", "--venue", "v", "--provider", "stripe", "--entity", "customers", "--direction", "push",
                   "--records", str(path)], service_env)
     assert (2, f"error: --records: {path} is not UTF-8 text (byte 0)") == (result.returncode, result.stderr.strip())
+
+
+def test_a_missing_secret_file_is_named_and_nothing_of_the_message_is_masked(service_env: dict[str, str]) -> None:
+    """The log redaction read `--secret-file: cannot` as a secret pair and printed
+    `--secret-file: [REDACTED] read ...`."""
+    result = run(["credentials", "set", "--venue", "v", "--provider", "stripe", "--kind", "api_key",
+                  "--secret-file", "/nonexistent/secret"], service_env)
+    expected = "error: cannot read the --secret-file /nonexistent/secret: No such file or directory"
+    assert (2, expected) == (result.returncode, result.stderr.strip())
