@@ -26,7 +26,8 @@ def _read_secret(secret_file: Path | None, secret_stdin: bool) -> str:
     try:
         raw = secret_file.read_text(encoding="utf-8") if secret_file else sys.stdin.read()
     except OSError as exc:
-        raise CommandError(f"cannot read the --secret-file {secret_file}: {exc.strerror}", 2) from None
+        # the reason first: "...secret: reason" would read as a secret pair to the log redaction
+        raise CommandError(f"{exc.strerror} (--secret-file {secret_file})", 2) from None
     except UnicodeDecodeError:
         raise CommandError("the secret is not UTF-8 text", 2) from None
     secret = raw.rstrip("\r\n")  # a trailing newline from `echo` or an editor is not part of it

@@ -73,5 +73,5 @@ def test_a_missing_secret_file_is_named_and_nothing_of_the_message_is_masked(ser
     `--secret-file: [REDACTED] read ...`."""
     result = run(["credentials", "set", "--venue", "v", "--provider", "stripe", "--kind", "api_key",
                   "--secret-file", "/nonexistent/secret"], service_env)
-    expected = "error: cannot read the --secret-file /nonexistent/secret: No such file or directory"
+    expected = "error: No such file or directory (--secret-file /nonexistent/secret)"
     assert (2, expected) == (result.returncode, result.stderr.strip())
