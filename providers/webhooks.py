@@ -107,8 +107,8 @@ def _stripe_parts(header: str) -> tuple[int, list[str]]:
             signatures.append(value)
     if timestamp is None:
         raise SignatureUncheckable("Stripe-Signature has no t= timestamp")
-    if not signatures:
-        raise SignatureUncheckable("Stripe-Signature has no v1= signature")
+    if not signatures:  # a missing signature (401), not one that cannot be checked (400)
+        raise SignatureRejected("Stripe-Signature has no v1= signature")
     return timestamp, signatures
 
 

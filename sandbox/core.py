@@ -23,6 +23,8 @@ Nothing here imports the service: the sandbox must be able to disagree with our 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import json
 import random
 import secrets
 import time
@@ -31,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -63,6 +66,16 @@ class Account:
     oauth: dict[str, Any] | None = None
     webhook_secrets: list[str] = field(default_factory=list)  # newest last
     data: dict[str, Any] = field(default_factory=dict)  # the provider module's own store
+
+    def client_matches(self, client_id: str | None, client_secret: str | None) -> bool:
+        """The OAuth client a token call presents is the one registered with this account
+        (CONTRACT section 7: OAuth clients must match the service's); any client when the
+        account registered none."""
+        oauth = self.oauth or {}
+        want_id, want_secret = oauth.get("client_id"), oauth.get("client_secret")
+        return (want_id is None or (client_id is not None and hmac.compare_digest(client_id, str(want_id)))) and (
+            want_secret is None or (client_secret is not None and hmac.compare_digest(client_secret, str(want_secret)))
+        )
 
 
 @dataclass
@@ -343,7 +356,12 @@ async def _dispatch(
         entry["account"] = account.name
     latency_s, timeout = 0.0, False
     if state.faults:
-        for fault in state.firing_faults(plugin.name, account, entry["path"]):
+        # A token or metadata call names its account only in its handler: for faults scoped
+        # to an account, find it here from the token the call carries.
+        scoped = _token_account(state, plugin.name, request) if public else account
+        for fault in state.firing_faults(plugin.name, scoped, entry["path"]):
+            if scoped is not None:
+                entry["account"] = scoped.name
             latency_s += fault.latency_ms / 1000.0
             if fault.status == "timeout":
                 timeout = True
@@ -360,6 +378,28 @@ async def _dispatch(
         entry["fault"] = "timeout"
         await _hold_and_close(state, request)
     return response
+
+
+def _token_account(state: SandboxState, provider: str, request: web.Request) -> Account | None:
+    """The account whose token (refresh, access, or one to revoke) a public call carries,
+    in its JSON or form body or its Authorization header; None when it names none."""
+    body: bytes = request.get("body") or b""
+    candidates: list[Any] = []
+    try:
+        payload = json.loads(body) if body else None
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        candidates += [payload.get(k) for k in ("refresh_token", "token", "access_token")]
+    else:
+        form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        candidates += [form.get(k) for k in ("refresh_token", "token", "access_token")]
+    candidates.append(request.headers.get("Authorization", "").rpartition(" ")[2])
+    for value in candidates:
+        record = state.token(provider, value) if isinstance(value, str) and value else None
+        if record is not None:
+            return record.account
+    return None
 
 
 async def _limited(

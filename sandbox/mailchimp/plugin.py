@@ -176,6 +176,8 @@ class Plugin:
         if account is None:
             return _oauth_error(400, "invalid_grant")
         request["account"] = account
+        if not account.client_matches(form.get("client_id"), form.get("client_secret")):
+            return _oauth_error(401, "invalid_client")  # not the app the code was issued to
         token = self.state.issue_token(account, ttl_s=None)
         return web.json_response({"access_token": token, "expires_in": 0, "scope": None})
 

@@ -34,13 +34,22 @@ def _oauth_error(error: str, status: int = 400) -> web.Response:
     )
 
 
-def _client_ok(state: SandboxState, header: str) -> bool:
+def _client(header: str) -> tuple[str, str] | None:
+    """(client id, secret) of an ``Authorization: Basic`` header."""
     if not header.lower().startswith("basic "):
-        return False
+        return None
     try:
         client_id, _, secret = base64.b64decode(header[6:].strip()).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
+        return None
+    return client_id, secret
+
+
+def _client_ok(state: SandboxState, header: str) -> bool:
+    client = _client(header)
+    if client is None:
         return False
+    client_id, secret = client
     expected_id, expected_secret = state.clients.get("quickbooks") or (None, None)
     return (expected_id is None or hmac.compare_digest(client_id, expected_id)) and (
         expected_secret is None or hmac.compare_digest(secret, expected_secret)
@@ -63,6 +72,8 @@ def add_routes(app: web.Application, prefix: str, state: SandboxState) -> None:
         if account is None:
             return _oauth_error("invalid_grant")
         request["account"] = account
+        if not account.client_matches(*(_client(request.headers.get("Authorization", "")) or (None, None))):
+            return _oauth_error("invalid_client", 401)  # not the app the account authorised
         ttl = state.token_ttl_s("quickbooks", ACCESS_TTL_S) or ACCESS_TTL_S
         access = state.issue_token(account, kind="access", ttl_s=ttl)
         refresh = state.issue_token(account, kind="refresh", ttl_s=REFRESH_TTL_S, prefix="RT1-")

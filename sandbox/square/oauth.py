@@ -82,6 +82,8 @@ def add_routes(app: web.Application, prefix: str, state: SandboxState) -> None:
         if account is None:
             raise _unauthorized("The refresh token is invalid or has been revoked.")
         request["account"] = account
+        if not account.client_matches(payload.get("client_id"), payload.get("client_secret")):
+            raise _unauthorized("Invalid client_id.")  # not the application the seller authorised
         ttl = state.token_ttl_s("square", SHORT_TTL_S if payload.get("short_lived") else ACCESS_TTL_S)
         token = state.issue_token(account, kind="access", ttl_s=ttl, prefix="EAAA")
         expires = state.token_expires_at("square", token)

@@ -63,11 +63,18 @@ def test_stripe_missing_header_rejected(header: str | None) -> None:
         w.verify_stripe(STRIPE_BODY, header, STRIPE_SECRET)
 
 
-@pytest.mark.parametrize("header", ["v1=abc", "t=soon,v1=abc", "t=1700000000", "garbage"])
+@pytest.mark.parametrize("header", ["v1=abc", "t=soon,v1=abc", "garbage"])
 def test_stripe_unparseable_header_is_uncheckable(header: str) -> None:
-    """A Stripe-Signature without a usable t= or v1= cannot be checked (400)."""
+    """A Stripe-Signature without a usable t= cannot be checked (400)."""
     with pytest.raises(w.SignatureUncheckable):
         w.verify_stripe(STRIPE_BODY, header, STRIPE_SECRET)
+
+
+def test_stripe_header_without_a_v1_signature_is_rejected() -> None:
+    """A timestamp and no v1= signature is a missing signature: 401 (CONTRACT section 6),
+    not the 400 kept for a header that cannot be checked at all."""
+    with pytest.raises(w.SignatureRejected, match="no v1= signature"):
+        w.verify_stripe(STRIPE_BODY, "t=1700000000", STRIPE_SECRET)
 
 
 def test_stripe_non_utf8_body_rejected() -> None:

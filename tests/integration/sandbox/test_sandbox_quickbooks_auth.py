@@ -153,3 +153,35 @@ def test_classic_and_cloudevents_webhooks_verify(qbo: QBO) -> None:
         event["intuitentityid"],
         event["intuitaccountid"],
     )
+
+
+def test_a_fault_scoped_to_an_account_fires_on_its_token_calls_only(qbo: QBO) -> None:
+    """A token call names its account only by the token it carries; an account's fault
+    must still fire on it (it answered 200), and not on another account's refresh."""
+    other = QBO(qbo.sandbox, qbo.session)
+    qbo.sandbox.control(
+        "POST", "/_sandbox/faults",
+        {"provider": "quickbooks", "account": qbo.name, "path_prefix": "/oauth2", "status": 503},
+    )
+    try:
+        assert 503 == refresh(qbo.sandbox, qbo.refresh).status_code
+        assert 200 == refresh(other.sandbox, other.refresh).status_code
+    finally:
+        qbo.sandbox.control("DELETE", "/_sandbox/faults")
+    calls = qbo.sandbox.control("GET", "/_sandbox/calls?provider=quickbooks")["calls"]
+    faulted = [c for c in calls if c["path"] == "/oauth2/v1/tokens/bearer" and c["account"] == qbo.name]
+    assert [(503, "status")] == [(c["status"], c.get("fault")) for c in faulted]
+    assert 200 == refresh(qbo.sandbox, qbo.refresh).status_code  # the fault is gone, the token still good
+
+
+def test_a_refresh_by_another_oauth_client_than_the_accounts_is_refused(qbo: QBO) -> None:
+    """CONTRACT section 7: the OAuth client must match the one registered with the account,
+    not only the sandbox's own (a refresh by another app's client got new tokens)."""
+    qbo.sandbox.control(
+        "POST", "/_sandbox/accounts",
+        {"provider": "quickbooks", "account": qbo.name,
+         "oauth": {"client_id": "another-app", "client_secret": "its-secret", "refresh_token": qbo.refresh,
+                   "realm_id": qbo.realm}},
+    )
+    refused = refresh(qbo.sandbox, qbo.refresh)
+    assert (401, {"error": "invalid_client"}) == (refused.status_code, refused.json())
