@@ -47,7 +47,7 @@ VERSION = _package_version()  # read once at import: it is file I/O, not for the
 # prometheus_client adds a `<name>_created` gauge family beside every counter and histogram
 # in the text format: names without a base unit or `_total` (CONTRACT section 6's naming),
 # which no dashboard or alert here reads. Turned off for the whole process.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # (the library leaves it unannotated)
 
 
 def status_class(status: int | None) -> str:
