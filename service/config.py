@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROVIDERS: tuple[str, ...] = ("stripe", "square", "quickbooks", "mailchimp")
@@ -135,14 +135,16 @@ class Settings(BaseSettings):
         "mailchimp_oauth_url", "mailchimp_metadata_url", "kms_endpoint",
     )
     @classmethod
-    def _check_http_url(cls, value: str | None) -> str | None:
+    def _check_http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an http:// or https:// URL")
         if value.endswith("/"):
-            raise ValueError("must not end with a slash")
+            if info.field_name == "ingress_public_url":  # CONTRACT section 2: no trailing slash
+                raise ValueError("must not end with a slash")
+            value = value.rstrip("/")  # an API base or endpoint: paths are appended to it
         return value
 
     @field_validator("local_master_key")

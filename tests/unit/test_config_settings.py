@@ -185,3 +185,14 @@ def test_job_retention_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("JOB_RETENTION_DAYS", "-1")
     with pytest.raises(ConfigurationError, match="JOB_RETENTION_DAYS"):
         load_settings()
+
+
+def test_an_api_base_given_with_a_trailing_slash_is_taken_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only INGRESS_PUBLIC_URL is specified without a trailing slash; an API base written
+    `.../stripe/` is the same base (it was refused at start)."""
+    monkeypatch.setenv("STRIPE_API_BASE", "http://127.0.0.1:8090/stripe/")
+    monkeypatch.setenv("SQUARE_OAUTH_URL", "http://127.0.0.1:8090/square/oauth2/token/")
+    settings = load_settings()
+    assert ("http://127.0.0.1:8090/stripe", "http://127.0.0.1:8090/square/oauth2/token") == (
+        settings.stripe_api_base, settings.square_oauth_url
+    )
