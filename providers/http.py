@@ -81,7 +81,7 @@ class HttpReply:
             return None
         try:
             return json.loads(self.body)
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
             raise self.garbage(f"body is not JSON ({describe_body(self.body, self.headers)})") from None
 
     def json_object(self) -> dict[str, Any]:
@@ -262,13 +262,33 @@ async def send_request(
             method, url, params=params, json=json_body, data=data, headers=headers,
             timeout=timeout or spec.timeout, allow_redirects=False,
         ) as response:
-            body = await response.read()
             status = response.status
+            body = await _read_bounded(response, f"{spec.name} {operation}: HTTP {status}")
             return HttpReply(spec.name, operation, status, response.headers, body)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise NetworkError(f"{spec.name} {operation}: {describe_network_error(exc)}") from exc
     finally:
         _observe(metrics, spec.name, operation, status, time.monotonic() - started)
+
+
+MAX_BODY_BYTES = 32 * 1024 * 1024  # far above any page or batch answer of the four APIs
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, where: str) -> bytes:
+    """The body, refused past MAX_BODY_BYTES (as sent, or once decompressed: a gzip bomb
+    is stopped as it inflates) instead of held whole: one provider's or proxy's runaway
+    answer must not take the daemon's memory, and with it every venue's syncs."""
+    if (response.content_length or 0) > MAX_BODY_BYTES:
+        raise ProviderError(f"{where}: body of {response.content_length} bytes is over the "
+                            f"{MAX_BODY_BYTES} bytes accepted", status=response.status, retryable=True)
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ProviderError(f"{where}: body over the {MAX_BODY_BYTES} bytes accepted",
+                                status=response.status, retryable=True)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _observe(metrics: Metrics | None, provider: str, operation: str, status: int | None,
@@ -318,7 +338,7 @@ def _default_class(status: int) -> type[IntegrationError]:
 def _try_json(body: bytes) -> Any:
     try:
         return json.loads(body) if body.strip() else None
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
         return None
 
 
@@ -332,7 +352,7 @@ def parse_retry_after(value: str | None, *, cap_s: float, now: datetime | None =
     except ValueError:
         try:
             when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: year 99999...
             return None
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)

@@ -158,6 +158,7 @@ def test_retry_after_http_date_is_capped() -> None:
     assert 300.0 == parse_retry_after(late, cap_s=300, now=now)
     assert 300.0 == parse_retry_after("9999", cap_s=300)
     assert parse_retry_after("soon-ish", cap_s=300) is None
+    assert parse_retry_after("Mon, 01 Jan 99999999999999999999 00:00:00 GMT", cap_s=300) is None  # overflows
 
 
 @pytest.mark.parametrize(
@@ -166,6 +167,7 @@ def test_retry_after_http_date_is_capped() -> None:
         (b"<html><body>Bad gateway</body></html>", "text/html"),
         (b'{"data": [1, 2', "application/json"),
         (b"\x00\xff garbage", "application/octet-stream"),
+        (b"[" * 100_000, "application/json"),  # nested past Python's recursion limit
     ],
 )
 async def test_garbage_is_a_one_line_provider_error(
@@ -179,6 +181,35 @@ async def test_garbage_is_a_one_line_provider_error(
             await http.request_json(SPEC, auth, "GET", URL, operation="op")
     assert "\n" not in str(caught.value)
     assert str(caught.value).startswith("square op: HTTP 200")
+
+
+async def test_an_error_page_nested_too_deep_is_still_a_retryable_provider_error(http: ProviderHttp) -> None:
+    """A 502 whose body is JSON nested past the recursion limit: its status decides (it
+    escaped as a RecursionError, dead-lettered as unknown)."""
+    auth = StaticAuth(provider="square", secret="k")
+    with aioresponses() as mocked:
+        mocked.get(URL, status=502, body=b"[" * 100_000, content_type="application/json")
+        with pytest.raises(ProviderError) as caught:
+            await http.request_json(SPEC, auth, "GET", URL, operation="op")
+    assert caught.value.retryable
+
+
+@pytest.mark.parametrize("declared", [True, False])
+async def test_a_body_past_the_limit_is_refused_not_held(
+    http: ProviderHttp, monkeypatch: pytest.MonkeyPatch, declared: bool
+) -> None:
+    """A runaway answer (declared by Content-Length or only found while reading) is a
+    retryable ProviderError once it passes MAX_BODY_BYTES, never held whole in memory."""
+    import providers.http as provider_http
+
+    monkeypatch.setattr(provider_http, "MAX_BODY_BYTES", 1000)
+    auth = StaticAuth(provider="square", secret="k")
+    headers = {"Content-Length": "20000"} if declared else {}
+    with aioresponses() as mocked:
+        mocked.get(URL, status=200, body=b"x" * 20_000, headers=headers)
+        with pytest.raises(ProviderError, match="over the 1000 bytes accepted") as caught:
+            await http.request_json(SPEC, auth, "GET", URL, operation="op")
+    assert caught.value.retryable
 
 
 async def test_wrong_shape_is_a_provider_error(http: ProviderHttp) -> None:
