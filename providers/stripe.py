@@ -359,7 +359,7 @@ class StripeClient:
         """A Stripe event: its id is the dedupe key, data.object the full record."""
         try:
             event = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise DataError("stripe webhook body is not JSON") from None
         if not isinstance(event, dict) or not isinstance(event.get("id"), str):
             raise DataError("stripe webhook body is not an event (no id)")
@@ -411,17 +411,29 @@ def _list_data(listing: dict[str, Any]) -> list[dict[str, Any]]:
     return data
 
 
+def _unix_time(value: Any) -> datetime | None:
+    """A Unix timestamp as a datetime; None for anything else, out-of-range values included
+    (``fromtimestamp`` raises OSError for those: raw, the consumer would take it for the
+    database being away and hand the event back for ever)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 def _event_change(event: dict[str, Any], object_type: str) -> WebhookChange | None:
     """One record change from an event whose data.object is of ``object_type`` (else None)."""
-    obj = (event.get("data") or {}).get("object")
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
     if not isinstance(obj, dict) or obj.get("object") != object_type or not obj.get("id"):
         return None
     entity = BY_OBJECT.get(object_type)
     if entity is None:
         return None
     deleted = str(event.get("type", "")).endswith(".deleted")
-    created = event.get("created")
-    when = datetime.fromtimestamp(created, UTC) if isinstance(created, int) else None
+    when = _unix_time(event.get("created"))
     record = ProviderRecord(external_id=str(obj["id"]), data=obj, version=str(event["id"]),
                             updated_at=when, deleted=deleted)
     return WebhookChange(entity=entity, external_id=record.external_id,

@@ -251,6 +251,22 @@ def test_parse_webhook_event() -> None:
         client.parse_webhook(hook, b"<html>")
 
 
+@pytest.mark.parametrize("created", [10**17, -(10**17), 2**70, True, "1700000000"])
+def test_an_event_time_out_of_range_or_of_another_type_is_left_unknown(created: object) -> None:
+    """`created` far out of range made fromtimestamp raise OSError, which the consumer takes
+    for the database being away: the event went round for ever. It is now just unknown."""
+    client = StripeClient.__new__(StripeClient)
+    event = {"id": "evt_2", "type": "customer.updated", "created": created,
+             "data": {"object": {"id": "cus_1", "object": "customer"}}}
+    body = json.dumps(event).encode()
+    hook = VerifiedWebhook(provider="stripe", venue_id="v", received_at=datetime.now(UTC), headers={},
+                           body=base64.b64encode(body).decode())
+    parsed = client.parse_webhook(hook, body)
+    assert [("cus_1", None)] == [(c.external_id, c.occurred_at) for c in parsed.changes]
+    with pytest.raises(DataError):
+        client.parse_webhook(hook, b"[" * 100_000)  # nested past the recursion limit
+
+
 def test_operation_label_hides_ids() -> None:
     """Metrics labels carry paths with ids replaced, never an id."""
     assert "post /v1/customers/{id}" == operation_of(
