@@ -164,6 +164,15 @@ def _dict(obj: Any) -> dict[str, Any]:
     return value
 
 
+def _object(obj: Any) -> dict[str, Any]:
+    """A created, updated or retrieved object: it must carry its id (a 200 without one,
+    from a proxy say, escaped as a KeyError after the write may have gone through)."""
+    value = _dict(obj)
+    if not isinstance(value.get("id"), str) or not value["id"]:
+        raise ProviderError("stripe: response object has no id", retryable=True)
+    return value
+
+
 def _record(obj: dict[str, Any], *, deleted: bool = False) -> ProviderRecord:
     # Stripe objects carry no update time (``created`` is the creation time): leave updated_at
     # unknown so the engine compares content rather than discarding a listed object as older
@@ -312,7 +321,7 @@ class StripeClient:
             payload: Any = dict(item.payload)
             payload["metadata"] = {**(payload.get("metadata") or {}), KEY_METADATA: item.idempotency_key}
             service = sdk.v1.customers if entity == "customers" else sdk.v1.refunds
-            created = _dict(await service.create_async(payload, {"idempotency_key": item.idempotency_key}))
+            created = _object(await service.create_async(payload, {"idempotency_key": item.idempotency_key}))
             return PushResult(item.record_id, "created", str(created["id"]), created)
         except IntegrationError as exc:
             return PushResult(item.record_id, "failed", item.external_id, error=exc)
@@ -321,11 +330,11 @@ class StripeClient:
                                late: bool) -> PushResult:
         assert item.external_id is not None
         if late:
-            current = _dict(await sdk.v1.customers.retrieve_async(item.external_id))
+            current = _object(await sdk.v1.customers.retrieve_async(item.external_id))
             if current.get("deleted"):
                 raise DataError(f"stripe customer {item.external_id} was deleted")
         payload: Any = dict(item.payload)
-        updated = _dict(await sdk.v1.customers.update_async(
+        updated = _object(await sdk.v1.customers.update_async(
             item.external_id, payload, {"idempotency_key": item.idempotency_key}))
         return PushResult(item.record_id, "updated", str(updated["id"]), updated)
 
@@ -349,7 +358,7 @@ class StripeClient:
         """One object by id; None when Stripe no longer has it."""
         service = getattr(self.sdk(auth).v1, _entity(entity)[0])
         try:
-            return _record(_dict(await service.retrieve_async(external_id)))
+            return _record(_object(await service.retrieve_async(external_id)))
         except DataError as exc:
             if exc.status == 404:
                 return None

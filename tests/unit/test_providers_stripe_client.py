@@ -224,6 +224,17 @@ async def test_push_sends_our_idempotency_key_and_failures_come_back_as_results(
     assert isinstance(results[1].error, DataError)
 
 
+async def test_a_write_answered_without_an_id_fails_its_record_as_retryable(client: StripeClient) -> None:
+    """A 200 to a create without the object's id (a proxy's answer, say) is a retryable
+    provider error for that record, not a KeyError escaping the batch as unknown."""
+    with aioresponses() as mocked:
+        mocked.post(f"{BASE}/v1/customers", payload={"object": "customer"})
+        results = await client.push_batch(AUTH, "customers", [PushItem("r1", {"email": "a@example.com"}, "key-1")],
+                                          options={})
+    assert ["failed"] == [r.outcome for r in results]
+    assert isinstance(results[0].error, ProviderError) and results[0].error.retryable
+
+
 def test_parse_webhook_event() -> None:
     """A Stripe event parses to one change keyed by the event id; garbage is a DataError."""
     client = StripeClient.__new__(StripeClient)
