@@ -312,11 +312,15 @@ def map_status(spec: ProviderSpec, reply: HttpReply, *, max_retry_after_s: float
     prefix = f"{spec.name} {reply.operation}: HTTP {status}"
     message = f"{prefix}: {detail}" if detail else f"{prefix}: {describe_body(reply.body, reply.headers)}"
     cls = override or _default_class(status)
+    if cls is DataError and status in (404, 410) and not isinstance(body, dict):
+        # Not the provider's own "no such object" (all four answer a JSON object): a gateway
+        # or a misrouted call. Taken as "gone", a webhook's record would be announced deleted.
+        cls = ProviderError
     retry_after_s = parse_retry_after(reply.headers.get("Retry-After"), cap_s=max_retry_after_s)
     if cls is RateLimitError:
         return RateLimitError(message, retry_after_s=retry_after_s, status=status)
     if cls is ProviderError:  # a 503 may say when to come back, too
-        return ProviderError(message, status=status, retryable=status >= 500 or status in (409, 408),
+        return ProviderError(message, status=status, retryable=status >= 500 or status in (404, 409, 408, 410),
                              retry_after_s=retry_after_s)
     return cls(message, status=status)
 

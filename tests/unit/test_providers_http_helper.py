@@ -183,6 +183,23 @@ async def test_garbage_is_a_one_line_provider_error(
     assert str(caught.value).startswith("square op: HTTP 200")
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"), [(b"<html><body>404 Not Found</body></html>", "text/html"), (b"", "text/plain")]
+)
+async def test_a_404_that_is_not_the_providers_own_answer_is_not_a_missing_record(
+    http: ProviderHttp, body: bytes, content_type: str
+) -> None:
+    """A gateway's HTML (or empty) 404 is a retryable provider error: read as the provider's
+    "no such object", a webhook's fetch would have announced the record deleted."""
+    auth = StaticAuth(provider="square", secret="k")
+    with aioresponses() as mocked:
+        mocked.get(URL, status=404, body=body, content_type=content_type)
+        with pytest.raises(ProviderError) as caught:
+            await http.request(SPEC, auth, "GET", URL, operation="op")
+    assert (404, True) == (caught.value.status, caught.value.retryable)
+    assert not isinstance(caught.value, DataError)
+
+
 async def test_an_error_page_nested_too_deep_is_still_a_retryable_provider_error(http: ProviderHttp) -> None:
     """A 502 whose body is JSON nested past the recursion limit: its status decides (it
     escaped as a RecursionError, dead-lettered as unknown)."""
