@@ -188,6 +188,13 @@ def _client(client_id: str | None, secret: Any, prefix: str) -> tuple[str, str]:
 def read_token_reply(reply: HttpReply) -> dict[str, Any]:
     """The token endpoint's answer as a dict; refused -> RefreshRefused, else our errors."""
     if reply.status in (400, 401):
+        body = _json_or_none(reply.body)
+        if not isinstance(body, dict):  # a proxy's page, not the OAuth server's answer
+            raise ProviderError(f"{reply.provider} token endpoint: HTTP {reply.status}: "
+                                f"{describe_body(reply.body, reply.headers)}", status=reply.status, retryable=True)
+        if _client_refused(body):  # our app's client, not this venue's grant: no credential is wrong
+            raise ConfigurationError(f"{reply.provider} token endpoint refused our OAuth client "
+                                     f"({_oauth_error(reply)}): check {reply.provider.upper()}_CLIENT_ID/_SECRET")
         raise RefreshRefused(f"{reply.provider} refused the token refresh: {_oauth_error(reply)}")
     if reply.status == 429:
         raise RateLimitError(f"{reply.provider} token endpoint answered 429", status=429)
@@ -198,6 +205,25 @@ def read_token_reply(reply: HttpReply) -> dict[str, Any]:
     if not isinstance(body.get("access_token"), str) or not body["access_token"]:
         raise reply.garbage("token reply has no access_token")
     return body
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body.strip() else None
+    except (ValueError, RecursionError):
+        return None
+
+
+def _client_refused(body: dict[str, Any]) -> bool:
+    """The OAuth server refused the client (RFC 6749 ``invalid_client`` or
+    ``unauthorized_client``; Square names client_id or client_secret in its error)."""
+    if body.get("error") in ("invalid_client", "unauthorized_client"):
+        return True
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        detail = str(errors[0].get("detail") or "").lower()
+        return "client_id" in detail or "client_secret" in detail
+    return False
 
 
 def _oauth_error(reply: HttpReply) -> str:
@@ -228,8 +254,11 @@ def merge_tokens(old: dict[str, Any], fresh: dict[str, Any], *, now: datetime) -
 
 
 def _expiry(fresh: dict[str, Any], *, now: datetime) -> str | None:
-    if isinstance(fresh.get("expires_in"), int | float):
-        when = now + timedelta(seconds=float(fresh["expires_in"]))
+    if isinstance(fresh.get("expires_in"), int | float) and not isinstance(fresh["expires_in"], bool):
+        try:  # NaN or out of range: the expiry is unknown, the new tokens are still stored
+            when = now + timedelta(seconds=float(fresh["expires_in"]))
+        except (OverflowError, ValueError):
+            return None
     elif isinstance(fresh.get("expires_at"), str):
         try:
             when = datetime.fromisoformat(fresh["expires_at"].replace("Z", "+00:00"))

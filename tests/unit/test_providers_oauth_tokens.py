@@ -10,7 +10,7 @@ import pytest
 from providers.auth import needs_refresh
 from providers.http import HttpReply
 from providers.oauth import RefreshRefused, merge_tokens, read_token_reply
-from service.errors import ProviderError, RateLimitError
+from service.errors import ConfigurationError, ProviderError, RateLimitError
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -24,15 +24,47 @@ def reply(status: int, body: object) -> HttpReply:
     ("status", "body", "expected"),
     [
         (400, {"error": "invalid_grant"}, "invalid_grant"),
-        (401, {"error": "invalid_client"}, "invalid_client"),
         (401, {"errors": [{"category": "AUTHENTICATION_ERROR", "code": "UNAUTHORIZED"}]}, "UNAUTHORIZED"),
     ],
 )
 def test_refusals(status: int, body: object, expected: str) -> None:
-    """400/401 from a token endpoint is a refusal naming the OAuth error."""
+    """400/401 from a token endpoint is a refusal of the venue's grant, naming the OAuth error."""
     with pytest.raises(RefreshRefused) as caught:
         read_token_reply(reply(status, body))
     assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": "invalid_client"},
+        {"error": "unauthorized_client", "error_description": "client not allowed"},
+        {"errors": [{"category": "AUTHENTICATION_ERROR", "code": "UNAUTHORIZED", "detail": "Invalid client_id."}]},
+    ],
+)
+def test_a_refused_client_is_our_configuration_not_the_venues_credential(body: object) -> None:
+    """The OAuth server refusing our app's client (a rotated client secret, say) says
+    nothing about the venue's grant: a ConfigurationError naming the settings, never a
+    refusal that would mark every venue's credential invalid."""
+    with pytest.raises(ConfigurationError, match="_CLIENT_ID/_SECRET"):
+        read_token_reply(reply(401, body))
+
+
+@pytest.mark.parametrize("body", [b"<html>401 Authorization Required</html>", b""])
+def test_a_400_or_401_that_is_not_the_oauth_servers_answer_is_retryable(body: bytes) -> None:
+    """A proxy's page is not a refusal of the grant (the credential stays valid)."""
+    with pytest.raises(ProviderError) as caught:
+        read_token_reply(reply(401, body))
+    assert caught.value.retryable
+
+
+@pytest.mark.parametrize("expires_in", [float("nan"), 1e300, 10**30])
+def test_an_expiry_out_of_range_keeps_the_new_tokens(expires_in: float) -> None:
+    """The refresh succeeded: a nonsense expires_in must not lose the rotated tokens (it
+    raised after the old refresh token was already spent)."""
+    merged = merge_tokens({"access_token": "a", "refresh_token": "r"},
+                          {"access_token": "b", "refresh_token": "r2", "expires_in": expires_in}, now=NOW)
+    assert ("b", "r2", None) == (merged["access_token"], merged["refresh_token"], merged["expires_at"])
 
 
 @pytest.mark.parametrize(
