@@ -100,7 +100,8 @@ def _classic(notifications: list[Any], digest: str) -> ParsedWebhook:
         if not isinstance(notification, dict):
             raise DataError("quickbooks eventNotification is not an object")
         realm = notification.get("realmId")
-        entities = (notification.get("dataChangeEvent") or {}).get("entities")
+        event = notification.get("dataChangeEvent")
+        entities = event.get("entities") if isinstance(event, dict) else None
         if not realm or not isinstance(entities, list):
             raise DataError("quickbooks eventNotification without realmId or entities")
         for item in entities:

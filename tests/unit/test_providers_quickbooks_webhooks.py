@@ -121,6 +121,7 @@ def test_single_cloud_event_is_keyed_by_its_id() -> None:
         b'{"eventNotifications": [{"realmId": "1"',
         b'{"something": "else"}',
         b'{"eventNotifications": [{"dataChangeEvent": {"entities": []}}]}',
+        b'{"eventNotifications": [{"realmId": "1", "dataChangeEvent": ["not", "an", "object"]}]}',
         json.dumps([{"type": "qbo.customer.created.v1", "intuitentityid": "1"}]).encode(),
         json.dumps([cloud_event("ev", "nonsense", "1")]).encode(),
         json.dumps([cloud_event("ev", "qbo.customer.created.v1", "")]).encode(),
