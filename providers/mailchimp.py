@@ -174,7 +174,7 @@ class MailchimpClient:
         members = _items(payload, "members")
         records = [_member_record(m) for m in members]
         next_offset = state["offset"] + len(members)
-        if members and next_offset < int(payload.get("total_items") or 0):
+        if members and next_offset < _total_items(payload):
             return Page(records, {**state, "offset": next_offset})
         resume_cursor = {"list_id": list_id, "since_last_changed": _iso(state["t0"] - CLOCK_SKEW_S)}
         return Page(records, None, resume_cursor=resume_cursor)
@@ -193,7 +193,7 @@ class MailchimpClient:
             for x in lists
         ]
         next_offset = state["offset"] + len(lists)
-        if lists and next_offset < int(payload.get("total_items") or 0):
+        if lists and next_offset < _total_items(payload):
             return Page(records, {"offset": next_offset})
         return Page(records, None)
 
@@ -307,6 +307,8 @@ class MailchimpClient:
             if exc.status == 404:
                 return None
             raise
+        if not isinstance(data.get("id"), str) or not data["id"]:  # an empty 200 or another shape
+            raise ProviderError(f"mailchimp get_{entity}: the reply is not a {entity[:-1]} (no id)", retryable=True)
         return _member_record(data) if entity == "contacts" else ProviderRecord(str(data["id"]), data)
 
     def parse_webhook(self, webhook: VerifiedWebhook, body: bytes) -> ParsedWebhook:
@@ -367,14 +369,34 @@ def _member_record(member: dict[str, Any]) -> ProviderRecord:
     )
 
 
+def _total_items(payload: dict[str, Any]) -> int:
+    value = payload.get("total_items", 0)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProviderError(f"mailchimp: total_items is not a number ({type(value).__name__})", retryable=True)
+    return value
+
+
+def _batch_list(reply: dict[str, Any], key: str) -> list[Any]:
+    value = reply.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ProviderError(f"mailchimp batch reply: {key} is not a list", retryable=True)
+    return value
+
+
 def _batch_outcomes(reply: dict[str, Any]) -> dict[str, tuple[str, Any]]:
-    """email (lower-case) -> ("created"|"updated", member) or ("failed", error text)."""
+    """email (lower-case) -> ("created"|"updated", member) or ("failed", error text). A
+    reply holding none of the three lists (an empty 200, say) is not Mailchimp's answer:
+    read as "nothing changed" it would have reported every contact skipped, unwritten."""
+    if not any(key in reply for key in ("new_members", "updated_members", "errors")):
+        raise ProviderError("mailchimp batch reply has no new_members, updated_members or errors", retryable=True)
     outcomes: dict[str, tuple[str, Any]] = {}
     for key, outcome in (("new_members", "created"), ("updated_members", "updated")):
-        for member in reply.get(key) or []:
+        for member in _batch_list(reply, key):
             if isinstance(member, dict) and member.get("email_address"):
                 outcomes[str(member["email_address"]).lower()] = (outcome, member)
-    for error in reply.get("errors") or []:
+    for error in _batch_list(reply, "errors"):
         if isinstance(error, dict) and error.get("email_address"):
             outcomes[str(error["email_address"]).lower()] = ("failed", error.get("error") or "rejected")
     return outcomes

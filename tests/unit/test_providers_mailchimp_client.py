@@ -221,3 +221,38 @@ def test_webhook_dedupe_key_is_the_body_hash() -> None:
     assert [] == client.parse_webhook(hook, b"type=campaign&data%5Bid%5D=c1").changes
     with pytest.raises(DataError):
         client.parse_webhook(hook, b"data%5Bemail%5D=a%40x.test")
+
+
+@pytest.mark.parametrize("body", [{}, {"new_members": 5}, {"errors": "none", "new_members": []}])
+async def test_a_batch_reply_that_is_not_mailchimps_answer_is_retryable(
+    client: MailchimpClient, body: dict[str, Any]
+) -> None:
+    """An empty 200 (or lists that are not lists) was read as every contact skipped, so
+    nothing was written and nobody told; now the batch is a retryable provider error."""
+    items = [PushItem("1", {"email_address": "a@x.test"}, "k1")]
+    with aioresponses() as mocked:
+        mocked.post("https://us6.api.mailchimp.test/3.0/lists/L1", payload=body)
+        with pytest.raises(ProviderError) as caught:
+            await client.push_batch(AUTH, "contacts", items, options={"list_id": "L1"})
+    assert caught.value.retryable
+
+
+@pytest.mark.parametrize("total", ["many", {"n": 2}, None])
+async def test_a_page_whose_total_is_not_a_number_is_retryable(client: MailchimpClient, total: Any) -> None:
+    members = [{"id": "h1", "email_address": "1@x.test"}]
+    with aioresponses() as mocked:
+        mocked.get(MEMBERS, payload={"members": members, "total_items": total})
+        with pytest.raises(ProviderError) as caught:
+            await client.pull_page(AUTH, "contacts", cursor=None, resume=None, options={"list_id": "L1"})
+    assert caught.value.retryable
+
+
+@pytest.mark.parametrize("body", [{}, {"email_address": "a@x.test"}])
+async def test_a_fetched_member_without_an_id_is_retryable_not_a_key_error(
+    client: MailchimpClient, body: dict[str, Any]
+) -> None:
+    with aioresponses() as mocked:
+        mocked.get("https://us6.api.mailchimp.test/3.0/lists/L1/members/h1", payload=body)
+        with pytest.raises(ProviderError) as caught:
+            await client.fetch_record(AUTH, "contacts", "L1/h1")
+    assert caught.value.retryable
