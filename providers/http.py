@@ -308,7 +308,8 @@ def map_status(spec: ProviderSpec, reply: HttpReply, *, max_retry_after_s: float
     if 200 <= status < 300:
         return None
     body = _try_json(reply.body)
-    override, detail = spec.error_hook(status, body)
+    # A body that is not JSON reaches the hook as bytes: QuickBooks' throttle fault is XML.
+    override, detail = spec.error_hook(status, body if body is not None else reply.body)
     prefix = f"{spec.name} {reply.operation}: HTTP {status}"
     message = f"{prefix}: {detail}" if detail else f"{prefix}: {describe_body(reply.body, reply.headers)}"
     cls = override or _default_class(status)

@@ -19,6 +19,7 @@ the helper's status mapping: 429 is rate_limit, 5xx provider, a 2xx garbage body
 from __future__ import annotations
 
 from typing import Any
+from xml.etree import ElementTree
 
 from service.errors import (
     AuthenticationError,
@@ -71,7 +72,11 @@ _BY_TYPE: dict[str, type[IntegrationError]] = {
 
 
 def find_fault(payload: Any) -> dict[str, Any] | None:
-    """``Fault`` or lowercase ``fault`` as ``{"type", "errors": [{code, message, detail, element}]}``."""
+    """``Fault`` or lowercase ``fault`` as ``{"type", "errors": [{code, message, detail, element}]}``;
+    also the XML ``<IntuitResponse><Fault>`` QuickBooks answers its throttle with, even to
+    ``Accept: application/json`` (and once with 403 rather than 429: providers.md 3.6)."""
+    if isinstance(payload, bytes):
+        return _xml_fault(payload)
     if not isinstance(payload, dict):
         return None
     fault = payload.get("Fault", payload.get("fault"))
@@ -88,6 +93,29 @@ def find_fault(payload: Any) -> dict[str, Any] | None:
         for e in (raw if isinstance(raw, list) else [raw]) if isinstance(e, dict)
     ]
     return {"type": str(fault.get("type") or ""), "errors": errors}
+
+
+def _xml_fault(body: bytes) -> dict[str, Any] | None:
+    if not body.lstrip().startswith(b"<"):
+        return None
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return None
+    fault = root if _local(root.tag) == "Fault" else next((e for e in root.iter() if _local(e.tag) == "Fault"), None)
+    if fault is None:
+        return None
+    errors = []
+    for error in (e for e in fault if _local(e.tag) == "Error"):
+        texts = {_local(child.tag): (child.text or "").strip() for child in error}
+        code = str(error.get("code") or "")
+        errors.append({"code": code.lstrip("0") or code, "message": texts.get("Message", ""),
+                       "detail": texts.get("Detail", ""), "element": str(error.get("element") or "")})
+    return {"type": str(fault.get("type") or ""), "errors": errors}
+
+
+def _local(tag: str) -> str:
+    return tag.rpartition("}")[2]  # without an XML namespace
 
 
 def describe(fault: dict[str, Any]) -> str:

@@ -109,11 +109,14 @@ async def test_fault_maps_to_category(
     assert "\n" not in str(error)
 
 
-async def test_xml_throttle_reply_is_a_rate_limit(client: QuickBooksClient, auth: StaticAuth) -> None:
-    """The 429 throttle reply is XML even when JSON was asked for: still rate_limit."""
-    error = await pull_error(client, auth, status=429, body=THROTTLE_XML, content_type="application/xml")
+@pytest.mark.parametrize("status", [429, 403])
+async def test_xml_throttle_reply_is_a_rate_limit(client: QuickBooksClient, auth: StaticAuth, status: int) -> None:
+    """The throttle reply is XML even when JSON was asked for: still rate_limit, also with
+    the older 403 (providers.md 3.6), which was read as a refused authorization, never retried."""
+    error = await pull_error(client, auth, status=status, body=THROTTLE_XML, content_type="application/xml")
     assert RateLimitError is type(error)
     assert error.retryable
+    assert "3001" in str(error)
 
 
 async def test_throttle_in_json_waits_sixty_seconds_when_no_retry_after(
