@@ -29,6 +29,7 @@ first (a deleted one fails as ``data``).
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import re
 import time
@@ -137,7 +138,9 @@ class GatedHttpClient(stripe_sdk.HTTPClient):
             data=post_data, headers=dict(headers), sign=False,  # the SDK set Authorization
         )
         reply.json_object()  # garbage becomes a one-line ProviderError here, not in the SDK
-        return reply.body, reply.status, reply.headers
+        # json.loads takes a UTF-8 BOM on bytes; the SDK decodes to text first and raises its
+        # own APIError on it: what passed our check must pass the SDK's.
+        return reply.body.removeprefix(codecs.BOM_UTF8), reply.status, reply.headers
 
     async def request_stream_async(self, method: str, url: str, headers: Mapping[str, str],
                                    post_data: Any = None) -> Any:

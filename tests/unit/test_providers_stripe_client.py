@@ -235,6 +235,17 @@ async def test_a_write_answered_without_an_id_fails_its_record_as_retryable(clie
     assert isinstance(results[0].error, ProviderError) and results[0].error.retryable
 
 
+async def test_a_reply_with_a_utf8_bom_is_read_like_any_other(client: StripeClient) -> None:
+    """A body starting with a UTF-8 BOM passed our JSON check and then made the SDK raise
+    its own APIError, which no category names."""
+    with aioresponses() as mocked:
+        body = b"\xef\xbb\xbf" + json.dumps({"id": "cus_1", "object": "customer"}).encode()
+        mocked.post(f"{BASE}/v1/customers", body=body, content_type="application/json")
+        results = await client.push_batch(AUTH, "customers", [PushItem("r1", {"email": "a@example.com"}, "key-1")],
+                                          options={})
+    assert [("created", "cus_1")] == [(r.outcome, r.external_id) for r in results]
+
+
 def test_parse_webhook_event() -> None:
     """A Stripe event parses to one change keyed by the event id; garbage is a DataError."""
     client = StripeClient.__new__(StripeClient)
