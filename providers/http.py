@@ -278,9 +278,12 @@ async def _read_bounded(response: aiohttp.ClientResponse, where: str) -> bytes:
     """The body, refused past MAX_BODY_BYTES (as sent, or once decompressed: a gzip bomb
     is stopped as it inflates) instead of held whole: one provider's or proxy's runaway
     answer must not take the daemon's memory, and with it every venue's syncs."""
-    if (response.content_length or 0) > MAX_BODY_BYTES:
-        raise ProviderError(f"{where}: body of {response.content_length} bytes is over the "
+    declared = response.content_length
+    if (declared or 0) > MAX_BODY_BYTES:
+        raise ProviderError(f"{where}: body of {declared} bytes is over the "
                             f"{MAX_BODY_BYTES} bytes accepted", status=response.status, retryable=True)
+    if declared is not None and response.headers.get("Content-Encoding", "identity") == "identity":
+        return await response.read()  # exactly the declared length: the one-read common case
     chunks, size = [], 0
     async for chunk in response.content.iter_chunked(1 << 16):
         size += len(chunk)

@@ -320,3 +320,33 @@ async def test_503_retry_after_is_kept(http: ProviderHttp, gate: RecordingGate) 
         with pytest.raises(ProviderError) as caught:
             await http.request(SPEC, auth, "GET", URL, operation="op")
     assert (12.0, True, []) == (caught.value.retry_after_s, caught.value.retryable, gate.penalties)
+
+
+async def test_a_compressed_body_is_refused_while_it_inflates(
+    http: ProviderHttp, monkeypatch: pytest.MonkeyPatch, unused_tcp_port: int
+) -> None:
+    """A small gzip body that inflates past MAX_BODY_BYTES (a bomb) is refused as it is read;
+    its Content-Length is the compressed size, so that alone cannot tell."""
+    import gzip
+
+    from aiohttp import web
+
+    import providers.http as provider_http
+
+    monkeypatch.setattr(provider_http, "MAX_BODY_BYTES", 100_000)
+    bomb = gzip.compress(b"0" * 5_000_000)
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=bomb, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+
+    app = web.Application()
+    app.router.add_get("/v1/things", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    try:
+        auth = StaticAuth(provider="square", secret="k")
+        with pytest.raises(ProviderError, match="over the 100000 bytes accepted"):
+            await http.request(SPEC, auth, "GET", f"http://127.0.0.1:{unused_tcp_port}/v1/things", operation="op")
+    finally:
+        await runner.cleanup()
