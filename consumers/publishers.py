@@ -238,8 +238,10 @@ class OutboxRelay:
             log.warning("outbox_publish_failed", failed=len(failures), error=str(failures[0]))
         return [item.id for item, result in zip(stored, results, strict=True) if result is None]
 
-    async def _publish_all(self, conn: asyncpg.Connection, stored: list[outbox_db.StoredMessage]) -> None:
-        await outbox_db.mark_published(conn, await self._publish(stored))
+    async def _publish_all(self, conn: asyncpg.Connection, stored: list[outbox_db.StoredMessage]) -> int:
+        confirmed = await self._publish(stored)
+        await outbox_db.mark_published(conn, confirmed)
+        return len(confirmed)
 
     async def flush_marks(self) -> None:
         """Write the published marks of inline publishes in one statement."""
@@ -266,13 +268,13 @@ class OutboxRelay:
             log.warning("outbox_count_failed", error=exc.__class__.__name__)
 
     async def relay_once(self) -> int:
-        """Mark inline publishes, then publish one batch of due rows; return how many."""
+        """Mark inline publishes, then publish one batch of due rows; return how many the
+        broker confirmed."""
         await self.flush_marks()
         async with self._pool.acquire() as conn, conn.transaction():
             await relaxed_commit(conn)
             stored = await outbox_db.claim_due(conn, limit=self._batch)
-            await self._publish_all(conn, stored)
-        return len(stored)
+            return await self._publish_all(conn, stored)
 
     async def run(self, stop: asyncio.Event, *, interval_s: float = 0.25) -> None:
         """Relay until ``stop`` is set; errors are logged and retried, never fatal."""
@@ -283,8 +285,8 @@ class OutboxRelay:
                 log.warning("outbox_relay_error", error=f"{exc.__class__.__name__}: {exc}")
                 claimed = 0
             await self._observe_backlog()
-            if claimed >= self._batch:
-                continue
+            if claimed >= self._batch:  # a full batch confirmed: more may be due at once
+                continue  # (a batch that failed, with the broker away, waits like an idle one)
             self.wakeup.clear()
             sleep = asyncio.ensure_future(self.wakeup.wait())
             halt = asyncio.ensure_future(stop.wait())

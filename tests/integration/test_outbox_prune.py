@@ -1,8 +1,10 @@
 """Housekeeping deletes old published outbox rows and old webhook dedupe rows a batch at a
-time, by index, and nothing that is still to publish or still within its retention."""
+time, by index, and nothing that is still to publish or still within its retention; the
+relay loop waits while the broker refuses what it claims."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -88,3 +90,47 @@ async def test_finished_jobs_past_retention_go_with_their_record_log(pool: Any, 
     logged = await pool.fetch("SELECT DISTINCT job_id FROM sync_record_log WHERE job_id LIKE $1", f"{tag}-%")
     assert kept == {r["job_id"] for r in logged}
 
+
+async def test_the_relay_waits_between_batches_the_broker_refuses(pool: Any) -> None:
+    """With the broker away every publish fails at once: a full batch that was claimed but
+    not confirmed must not send the relay straight into the next pass (it spun hundreds of
+    times a second, a FOR UPDATE batch and a warning each, for the whole outage)."""
+    from consumers.publishers import OutboxRelay
+    from service.errors import NetworkError
+
+    class Away:
+        async def publish(self, message: Any, **kwargs: Any) -> None:
+            raise NetworkError("channel closed")
+
+    relay = OutboxRelay(pool, Away(), batch=2)  # type: ignore[arg-type]
+    for _ in range(3):  # left behind an hour ago: due for any relay
+        await pool.execute(
+            """INSERT INTO outbox (exchange, routing_key, message_id, body, created_at, available_at)
+               VALUES ('integration.events', 'test.away', $1, '\\x7b7d', now() - interval '1 hour',
+                       now() - interval '1 hour')""",
+            str(uuid.uuid4()),
+        )
+    passes, first_done = 0, asyncio.Event()
+    relay_once = relay.relay_once
+
+    async def counted() -> int:
+        nonlocal passes
+        passes += 1
+        try:
+            return await relay_once()
+        finally:
+            first_done.set()
+
+    relay.relay_once = counted  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    loop = asyncio.ensure_future(relay.run(stop, interval_s=30))
+    try:
+        await asyncio.wait_for(first_done.wait(), 10)
+        for _ in range(5):
+            await asyncio.sleep(0)  # a spinning loop would start its next pass within these turns
+        assert 1 == passes
+    finally:
+        stop.set()
+        await asyncio.wait_for(loop, 10)
+        async with pool.acquire() as conn:  # leave nothing due for the other tests' relays
+            await conn.execute("DELETE FROM outbox WHERE routing_key = 'test.away'")
