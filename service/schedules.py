@@ -23,6 +23,7 @@ from service.messages import NAMESPACE, SyncRequest, rfc3339, utcnow
 log = structlog.get_logger(__name__)
 
 MIN_EVERY_S = 60
+MAX_EVERY_S = 365 * 86400  # a year
 _EVERY = re.compile(r"^\s*(\d+)\s*([smh])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600}
 POLL_S = 5.0
@@ -36,6 +37,8 @@ def parse_every(text: str) -> int:
     seconds = int(match[1]) * _UNIT_S[match[2]]
     if seconds < MIN_EVERY_S:
         raise ValidationError(f"--every {text!r}: at least {MIN_EVERY_S} s")
+    if seconds > MAX_EVERY_S:  # the column is a 32-bit integer
+        raise ValidationError(f"--every {text!r}: at most {MAX_EVERY_S // 86400} days")
     return seconds
 
 

@@ -42,7 +42,7 @@ def dead_letters() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=1000, show_default=True)
 def list_dead_letters(as_json: bool, limit: int) -> None:
-    """List stored dead letters, oldest first."""
+    """List the newest stored dead letters (--limit of them), oldest of those first."""
     settings = load()
 
     async def fetch() -> list[dict[str, Any]]:

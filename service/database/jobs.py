@@ -321,15 +321,17 @@ async def ensure_job_row(
 
 
 async def prune_finished_jobs(conn: Conn, *, older_than_s: float, batch: int = outbox_db.PRUNE_BATCH) -> int:
-    """Delete jobs that finished and were created more than ``older_than_s`` ago, with their
-    record log (ON DELETE CASCADE), a batch per statement (found by sync_jobs_status_idx);
-    running and pending jobs stay whatever their age. Return how many jobs went."""
+    """Delete jobs that finished more than ``older_than_s`` ago, with their record log (ON
+    DELETE CASCADE), a batch per statement (found by sync_jobs_status_idx); running and
+    pending jobs stay whatever their age. By finish time, not creation: an old job finished
+    only now (a replayed dead letter) keeps its result for the whole retention, so a
+    redelivery still finds it done. Return how many jobs went."""
     return await outbox_db.prune_in_batches(
         conn,
         """DELETE FROM sync_jobs WHERE job_id IN (
                SELECT job_id FROM sync_jobs
                WHERE status IN ('succeeded', 'partial', 'failed')
-                 AND created_at < now() - make_interval(secs => $1)
+                 AND COALESCE(finished_at, updated_at) < now() - make_interval(secs => $1)
                LIMIT $2)""",
         older_than_s,
         batch=batch,

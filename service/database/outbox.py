@@ -206,7 +206,10 @@ async def store_dead_letter(
 
 
 async def list_dead_letters(conn: Conn, *, limit: int = 1000) -> list[asyncpg.Record]:
-    return await conn.fetch(f"SELECT {DEAD_COLUMNS} FROM dead_letters ORDER BY id LIMIT $1", limit)
+    """The newest ``limit`` dead letters, oldest of them first (the oldest ``limit`` would
+    hide every new one once that many are kept)."""
+    rows = await conn.fetch(f"SELECT {DEAD_COLUMNS} FROM dead_letters ORDER BY id DESC LIMIT $1", limit)
+    return list(reversed(rows))
 
 
 async def get_dead_letters(

@@ -99,3 +99,20 @@ async def test_bad_replay_arguments_exit_2(service_env: dict[str, str]) -> None:
         code, _, err = await cli(service_env, "dead-letters", "replay", *args)
         assert 2 == code and 1 == len(err.strip().splitlines()), err
         assert "Traceback" not in err
+
+
+async def test_list_shows_the_newest_dead_letters_oldest_of_them_first(pool: Any, service_env: dict[str, str]) -> None:
+    """Past --limit rows the list showed the oldest ones, so no new dead letter ever appeared."""
+    from service.database import outbox as outbox_db
+
+    tag = uuid.uuid4().hex
+    for n in range(3):
+        async with pool.acquire() as conn:
+            await outbox_db.store_dead_letter(
+                conn, message_id=f"{tag}-{n}", job_id=None, exchange="integration.commands",
+                routing_key="sync.stripe.customers", body=b"{}", headers={}, properties={},
+                reason="test", category="validation", severity="low",
+            )
+    code, out, _ = await cli(service_env, "dead-letters", "list", "--json", "--limit", "2")
+    assert 0 == code
+    assert [f"{tag}-1", f"{tag}-2"] == [json.loads(line)["message_id"] for line in out.splitlines()]

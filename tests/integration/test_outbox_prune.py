@@ -65,18 +65,23 @@ async def test_old_published_rows_are_found_by_index(pool: Any) -> None:
 
 
 async def test_finished_jobs_past_retention_go_with_their_record_log(pool: Any, venue_id: str) -> None:
-    """JOB_RETENTION_DAYS: old finished jobs and their record outcomes go, in batches; old
-    jobs still running or pending, and recent finished ones, stay."""
+    """JOB_RETENTION_DAYS: jobs that finished long ago go with their record outcomes, in
+    batches; old jobs still running or pending, recent finished ones, and an old job that
+    finished only lately (a replayed dead letter: its result must still answer a
+    redelivery) stay."""
     from service.database import jobs as jobs_db
 
     tag = uuid.uuid4().hex
-    jobs = {f"{tag}-{status}-{age}": (status, age) for status in ("succeeded", "failed", "running", "pending")
-            for age in (40, 1)}  # fmt: skip
-    for job_id, (status, age_days) in jobs.items():
+    jobs = {f"{tag}-{status}-{age}": (status, age, age if status in ("succeeded", "failed") else None)
+            for status in ("succeeded", "failed", "running", "pending") for age in (40, 1)}  # fmt: skip
+    jobs[f"{tag}-succeeded-40-finished-lately"] = ("succeeded", 40, 1)
+    for job_id, (status, created_days, finished_days) in jobs.items():
         await pool.execute(
-            """INSERT INTO sync_jobs (job_id, venue_id, provider, entity, direction, mode, status, created_at)
-               VALUES ($1, $2, 'stripe', 'customers', 'pull', 'full', $3, now() - make_interval(days => $4))""",
-            job_id, venue_id, status, age_days,
+            """INSERT INTO sync_jobs (job_id, venue_id, provider, entity, direction, mode, status, created_at,
+                                      finished_at, updated_at)
+               VALUES ($1, $2, 'stripe', 'customers', 'pull', 'full', $3, now() - make_interval(days => $4),
+                       now() - make_interval(days => $5), now() - make_interval(days => COALESCE($5, 0)))""",
+            job_id, venue_id, status, created_days, finished_days,
         )  # fmt: skip
         await pool.execute(
             "INSERT INTO sync_record_log (job_id, record_id, operation, outcome) VALUES ($1, 'r1', 'pull', 'created')",

@@ -22,7 +22,7 @@ def test_parse_every_accepts_units(text: str, seconds: int) -> None:
     assert seconds == parse_every(text)
 
 
-@pytest.mark.parametrize("text", ["59s", "1m30", "15", "m", "-5m", "1d"])
+@pytest.mark.parametrize("text", ["59s", "1m30", "15", "m", "-5m", "1d", "8761h", "99999999999h"])
 def test_parse_every_refuses_bad_or_short_intervals(text: str) -> None:
     """Anything else, or under 60 s, is a one-line validation error naming --every."""
     with pytest.raises(ValidationError, match="--every"):
