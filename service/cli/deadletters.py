@@ -80,43 +80,53 @@ def replay(ids: tuple[int, ...], replay_all: bool) -> None:
 
 
 async def _replay(settings: Any, ids: list[int] | None) -> int:
+    """Publish each row, then mark it replayed in its own transaction (its row locked while
+    it goes out): a replay that fails part way keeps the marks of what was published, so
+    running it again does not publish those twice."""
     import aio_pika
 
     from consumers.publishers import AmqpPublisher
     from service.database import open_pool
     from service.database import outbox as outbox_db
-    from service.database.outbox import OutboxMessage
     from service.lifecycle import amqp_errors
 
     async with open_pool(settings.database_url.get_secret_value(), min_size=1, max_size=1) as pool:
-        async with pool.acquire() as conn, conn.transaction():
-            rows = await outbox_db.get_dead_letters(conn, ids)
-            missing = sorted(set(ids or []) - {r["id"] for r in rows})
-            if missing:
-                raise CommandError(f"unknown dead-letter id {missing[0]}", 2)
-            async with amqp_errors(settings):
-                connection = await aio_pika.connect(settings.amqp_url.get_secret_value(), timeout=15)
-            async with connection:
-                publisher = AmqpPublisher(await connection.channel(publisher_confirms=True))
-                for row in rows:
+        async with pool.acquire() as conn:
+            rows = await outbox_db.get_dead_letters(conn, ids, for_update=False)
+        missing = sorted(set(ids or []) - {r["id"] for r in rows})
+        if missing:
+            raise CommandError(f"unknown dead-letter id {missing[0]}", 2)
+        async with amqp_errors(settings):
+            connection = await aio_pika.connect(settings.amqp_url.get_secret_value(), timeout=15)
+        replayed = 0
+        async with connection:
+            publisher = AmqpPublisher(await connection.channel(publisher_confirms=True))
+            for row in rows:
+                async with pool.acquire() as conn, conn.transaction():
+                    locked = await outbox_db.get_dead_letters(conn, [row["id"]])
+                    if not locked or (ids is None and locked[0]["replayed_at"] is not None):
+                        continue  # another replay has it, or had it meanwhile
                     message_id = str(uuid.uuid4())
-                    props = row["properties"] or {}
-                    await publisher.publish(
-                        OutboxMessage(
-                            exchange=row["exchange"],
-                            routing_key=row["routing_key"],
-                            body=bytes(row["body"]),
-                            message_id=message_id,
-                            correlation_id=props.get("correlation_id"),
-                            reply_to=props.get("reply_to"),
-                            headers={
-                                k: v for k, v in (row["headers"] or {}).items() if not k.startswith("x-")
-                            },
-                        )
-                    )
+                    await publisher.publish(_replayed_message(locked[0], message_id))
                     await outbox_db.mark_replayed(conn, row["id"], message_id)
-                    click.echo(f"replayed {row['id']} to {row['exchange']} {row['routing_key']}", err=True)
-    return len(rows)
+                replayed += 1
+                click.echo(f"replayed {row['id']} to {row['exchange']} {row['routing_key']}", err=True)
+    return replayed
+
+
+def _replayed_message(row: Any, message_id: str) -> Any:
+    from service.database.outbox import OutboxMessage
+
+    props = row["properties"] or {}
+    return OutboxMessage(
+        exchange=row["exchange"],
+        routing_key=row["routing_key"],
+        body=bytes(row["body"]),
+        message_id=message_id,
+        correlation_id=props.get("correlation_id"),
+        reply_to=props.get("reply_to"),
+        headers={k: v for k, v in (row["headers"] or {}).items() if not k.startswith("x-")},
+    )
 
 
 COMMANDS = [dead_letters]

@@ -116,3 +116,39 @@ async def test_list_shows_the_newest_dead_letters_oldest_of_them_first(pool: Any
     code, out, _ = await cli(service_env, "dead-letters", "list", "--json", "--limit", "2")
     assert 0 == code
     assert [f"{tag}-1", f"{tag}-2"] == [json.loads(line)["message_id"] for line in out.splitlines()]
+
+
+async def test_a_replay_that_fails_part_way_keeps_the_marks_of_what_went_out(
+    pool: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All marks were in one transaction with the publishes: a failure at the second row
+    rolled back the first row's mark although it was published, and a second run published
+    it again."""
+    from consumers.publishers import AmqpPublisher
+    from service.cli.deadletters import _replay
+    from service.database import outbox as outbox_db
+    from service.errors import NetworkError
+
+    tag = uuid.uuid4().hex
+    ids = []
+    for n in range(3):  # to the default exchange: always there, confirmed even if unroutable
+        async with pool.acquire() as conn:
+            ids.append(await outbox_db.store_dead_letter(
+                conn, message_id=f"{tag}-{n}", job_id=None, exchange="", routing_key=f"nowhere-{tag}",
+                body=b"{}", headers={}, properties={}, reason="test", category="validation", severity="low",
+            ))
+    publish, calls = AmqpPublisher.publish, 0
+
+    async def second_fails(self: Any, message: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise NetworkError("no publisher confirm within 5s")
+        await publish(self, message, **kwargs)
+
+    monkeypatch.setattr(AmqpPublisher, "publish", second_fails)
+    with pytest.raises(NetworkError):
+        await _replay(settings, ids)
+    marked = await pool.fetch("SELECT id, replayed_at FROM dead_letters WHERE id = ANY($1::bigint[]) ORDER BY id", ids)
+    assert [True, False, False] == [row["replayed_at"] is not None for row in marked]
+    assert 2 == await _replay(settings, ids[1:])  # the rest go on a second run
