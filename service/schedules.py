@@ -23,6 +23,8 @@ from service.messages import NAMESPACE, SyncRequest, rfc3339, utcnow
 log = structlog.get_logger(__name__)
 
 MIN_EVERY_S = 60
+# A last run published this long ago and never started (no job row) counts as lost, not queued.
+IN_FLIGHT_MAX_S = 3600.0
 MAX_EVERY_S = 365 * 86400  # a year
 _EVERY = re.compile(r"^\s*(\d+)\s*([smh])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600}
@@ -84,14 +86,30 @@ async def publish_due(pool: Any, routes: Any, *, limit: int = 100) -> list[Any]:
 
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
-            """SELECT * FROM schedules WHERE next_run_at <= now() ORDER BY next_run_at
-               LIMIT $1 FOR UPDATE SKIP LOCKED""",
+            """SELECT s.*, (j.status IN ('pending', 'running')
+                            OR (j.job_id IS NULL AND s.last_run_at > now() - make_interval(secs => $2))
+                           ) AS last_in_flight
+               FROM schedules AS s LEFT JOIN sync_jobs AS j ON j.job_id = s.last_job_id
+               WHERE s.next_run_at <= now() ORDER BY s.next_run_at
+               LIMIT $1 FOR UPDATE OF s SKIP LOCKED""",
             limit,
+            IN_FLIGHT_MAX_S,
         )
         messages = []
         for row in rows:
             due = row["next_run_at"]
             job_id = scheduled_job_id(row["venue_id"], row["provider"], row["entity"], due)
+            if row["last_in_flight"]:
+                # The last run is still queued or running: a second pull beside it would spend
+                # the quota twice and write the cursor in turns. This due time is skipped.
+                log.info("schedule_skipped_last_run_in_flight", venue_id=row["venue_id"],
+                         provider=row["provider"], entity=row["entity"], last_job_id=row["last_job_id"])
+                await conn.execute(
+                    "UPDATE schedules SET next_run_at = $4 WHERE venue_id = $1 AND provider = $2 AND entity = $3",
+                    row["venue_id"], row["provider"], row["entity"],
+                    _next_due(due, row["every_seconds"], utcnow()),
+                )
+                continue
             request = SyncRequest(
                 job_id=job_id,
                 venue_id=row["venue_id"],

@@ -84,3 +84,29 @@ async def test_schedules_cli_set_list_delete(
     assert 2 == short.returncode and "--every" in short.stderr
     assert 0 == cli("delete", *base).returncode
     assert 2 == cli("delete", *base).returncode
+
+
+async def test_a_due_time_is_skipped_while_the_last_run_is_queued_or_running(pool: Any, venue_id: str) -> None:
+    """Each due time has its own job_id, so job locks cannot stop two scheduled pulls of one
+    entity running at once (a pull longer than its interval, a backed-up queue): a due time
+    whose last run is still queued or running is skipped; once that run ended, it fires."""
+    await upsert(pool, venue_id=venue_id, provider="stripe", entity="customers", every_s=600, options={})
+
+    async def fire() -> int:
+        await pool.execute("UPDATE schedules SET next_run_at = now() - interval '1 second' WHERE venue_id = $1",
+                           venue_id)
+        stored = await publish_due(pool, MessageRoutes())
+        return sum(1 for item in stored if json.loads(item.message.body)["venue_id"] == venue_id)
+
+    assert 1 == await fire()
+    last = await pool.fetchval("SELECT last_job_id FROM schedules WHERE venue_id = $1", venue_id)
+    assert 0 == await fire()  # published, not consumed yet (no job row)
+    await pool.execute(
+        """INSERT INTO sync_jobs (job_id, venue_id, provider, entity, direction, mode, status)
+           VALUES ($1, $2, 'stripe', 'customers', 'pull', 'incremental', 'running')""",
+        last, venue_id,
+    )  # fmt: skip
+    assert 0 == await fire()  # running
+    assert await pool.fetchval("SELECT next_run_at > now() FROM schedules WHERE venue_id = $1", venue_id)
+    await pool.execute("UPDATE sync_jobs SET status = 'succeeded' WHERE job_id = $1", last)
+    assert 1 == await fire()
