@@ -88,7 +88,9 @@ async def publish_due(pool: Any, routes: Any, *, limit: int = 100) -> list[Any]:
         rows = await conn.fetch(
             """SELECT s.*, (j.status IN ('pending', 'running')
                             OR (j.job_id IS NULL AND s.last_run_at > now() - make_interval(secs => $2))
-                           ) AS last_in_flight
+                           ) AS last_in_flight,
+                      EXISTS (SELECT 1 FROM credentials AS c
+                              WHERE c.venue_id = s.venue_id AND c.provider = s.provider) AS connected
                FROM schedules AS s LEFT JOIN sync_jobs AS j ON j.job_id = s.last_job_id
                WHERE s.next_run_at <= now() ORDER BY s.next_run_at
                LIMIT $1 FOR UPDATE OF s SKIP LOCKED""",
@@ -99,10 +101,12 @@ async def publish_due(pool: Any, routes: Any, *, limit: int = 100) -> list[Any]:
         for row in rows:
             due = row["next_run_at"]
             job_id = scheduled_job_id(row["venue_id"], row["provider"], row["entity"], due)
-            if row["last_in_flight"]:
-                # The last run is still queued or running: a second pull beside it would spend
-                # the quota twice and write the cursor in turns. This due time is skipped.
-                log.info("schedule_skipped_last_run_in_flight", venue_id=row["venue_id"],
+            if row["last_in_flight"] or not row["connected"]:
+                # The last run is still queued or running (a second pull beside it would spend
+                # the quota twice and write the cursor in turns), or the venue's credential was
+                # deleted (each run would be a dead letter): this due time is skipped.
+                reason = "last_run_in_flight" if row["last_in_flight"] else "venue_not_connected"
+                log.info("schedule_skipped", reason=reason, venue_id=row["venue_id"],
                          provider=row["provider"], entity=row["entity"], last_job_id=row["last_job_id"])
                 await conn.execute(
                     "UPDATE schedules SET next_run_at = $4 WHERE venue_id = $1 AND provider = $2 AND entity = $3",

@@ -40,6 +40,7 @@ async def test_concurrent_publishers_publish_each_due_time_once(
     pool: Any, settings: Any, venue_id: str
 ) -> None:
     """Five concurrent publish passes (as from five daemons) enqueue the due pull once."""
+    await Vault(pool, key_provider_from_settings(settings)).set(venue_id, "stripe", "api_key", "sk_test_abc123")
     await upsert(pool, venue_id=venue_id, provider="stripe", entity="customers", every_s=600, options={})
     results = await asyncio.gather(*(publish_due(pool, MessageRoutes()) for _ in range(5)))
     ids = [stored.id for batch in results for stored in batch]
@@ -86,10 +87,15 @@ async def test_schedules_cli_set_list_delete(
     assert 2 == cli("delete", *base).returncode
 
 
-async def test_a_due_time_is_skipped_while_the_last_run_is_queued_or_running(pool: Any, venue_id: str) -> None:
+async def test_a_due_time_is_skipped_while_the_last_run_is_queued_or_running_or_the_venue_is_gone(
+    pool: Any, settings: Any, venue_id: str
+) -> None:
     """Each due time has its own job_id, so job locks cannot stop two scheduled pulls of one
     entity running at once (a pull longer than its interval, a backed-up queue): a due time
-    whose last run is still queued or running is skipped; once that run ended, it fires."""
+    whose last run is still queued or running is skipped; once that run ended, it fires. A
+    venue whose credential was deleted is skipped too (each run was a dead letter)."""
+    vault = Vault(pool, key_provider_from_settings(settings))
+    await vault.set(venue_id, "stripe", "api_key", "sk_test_abc123")
     await upsert(pool, venue_id=venue_id, provider="stripe", entity="customers", every_s=600, options={})
 
     async def fire() -> int:
@@ -110,3 +116,11 @@ async def test_a_due_time_is_skipped_while_the_last_run_is_queued_or_running(poo
     assert await pool.fetchval("SELECT next_run_at > now() FROM schedules WHERE venue_id = $1", venue_id)
     await pool.execute("UPDATE sync_jobs SET status = 'succeeded' WHERE job_id = $1", last)
     assert 1 == await fire()
+    last = await pool.fetchval("SELECT last_job_id FROM schedules WHERE venue_id = $1", venue_id)
+    await pool.execute(
+        """INSERT INTO sync_jobs (job_id, venue_id, provider, entity, direction, mode, status)
+           VALUES ($1, $2, 'stripe', 'customers', 'pull', 'incremental', 'succeeded')""",
+        last, venue_id,
+    )  # fmt: skip
+    await vault.delete(venue_id, "stripe", None)
+    assert 0 == await fire()  # the venue is gone
