@@ -5,6 +5,7 @@ each message goes, and the outbox relay that publishes committed outbox rows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -207,6 +208,7 @@ class OutboxRelay:
         self._gauge_at = 0.0
         self._sent: list[int] = []  # published inline, to be marked in the next batch
         self.wakeup = asyncio.Event()
+        self._marks_due = asyncio.Event()  # inline publishes wait to be marked
 
     async def publish_stored(self, stored: tuple[StoredMessage, ...] | list[StoredMessage]) -> None:
         """Publish these just-committed rows now, from memory (scheduled retries wait for
@@ -217,6 +219,8 @@ class OutboxRelay:
         if due:
             confirmed = await self._publish(due)
             self._sent.extend(confirmed)  # not ``+=``: a flush may have swapped the list meanwhile
+            if confirmed:
+                self._marks_due.set()
 
     async def _publish(self, stored: list[outbox_db.StoredMessage]) -> list[int]:
         """Publish with confirms; return the ids that were confirmed."""
@@ -276,8 +280,31 @@ class OutboxRelay:
             stored = await outbox_db.claim_due(conn, limit=self._batch)
             return await self._publish_all(conn, stored)
 
+    async def _mark_loop(self, stop: asyncio.Event, interval_s: float) -> None:
+        """Write inline publishes' marks as they come, not only between relay batches: a
+        batch that takes seconds to publish (a slow broker) left them unmarked past
+        INLINE_GRACE_S, for another replica's relay to publish them a second time."""
+        while not stop.is_set():
+            await self._marks_due.wait()
+            self._marks_due.clear()
+            try:
+                await self.flush_marks()
+            except Exception as exc:  # kept for the next flush (here or in relay_once)
+                log.warning("outbox_marks_failed", error=exc.__class__.__name__)
+                await asyncio.sleep(interval_s)
+                self._marks_due.set()
+
     async def run(self, stop: asyncio.Event, *, interval_s: float = 0.25) -> None:
         """Relay until ``stop`` is set; errors are logged and retried, never fatal."""
+        marks = asyncio.ensure_future(self._mark_loop(stop, interval_s))
+        try:
+            await self._relay_loop(stop, interval_s)
+        finally:
+            marks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await marks
+
+    async def _relay_loop(self, stop: asyncio.Event, interval_s: float) -> None:
         while not stop.is_set():
             try:
                 claimed = await self.relay_once()

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 from service.database import outbox as outbox_db
+from tests.helpers import eventually
 
 DAY_S = 24 * 3600
 
@@ -140,3 +141,44 @@ async def test_the_relay_waits_between_batches_the_broker_refuses(pool: Any) -> 
         await asyncio.wait_for(loop, 10)
         async with pool.acquire() as conn:  # leave nothing due for the other tests' relays
             await conn.execute("DELETE FROM outbox WHERE routing_key = 'test.away'")
+
+
+async def test_inline_publishes_are_marked_while_a_relay_batch_is_still_publishing(pool: Any) -> None:
+    """Marks were written only between relay batches: while a batch took seconds to publish
+    (a slow broker), a job result published inline stayed unmarked past INLINE_GRACE_S, for
+    another replica's relay to publish a second time."""
+    from consumers.publishers import OutboxRelay
+
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    class SlowForLeftovers:
+        async def publish(self, message: Any, **kwargs: Any) -> None:
+            if message.routing_key == "test.slow":
+                entered.set()
+                await release.wait()
+
+    relay = OutboxRelay(pool, SlowForLeftovers())  # type: ignore[arg-type]
+    await pool.execute(
+        """INSERT INTO outbox (exchange, routing_key, message_id, body, created_at, available_at)
+           VALUES ('integration.events', 'test.slow', $1, '\\x7b7d', now() - interval '1 hour',
+                   now() - interval '1 hour')""",
+        str(uuid.uuid4()),
+    )  # fmt: skip
+    async with pool.acquire() as conn, conn.transaction():
+        inline = await outbox_db.enqueue(
+            conn, [outbox_db.OutboxMessage("integration.events", "test.inline", b"{}", str(uuid.uuid4()))]
+        )
+    stop = asyncio.Event()
+    loop = asyncio.ensure_future(relay.run(stop, interval_s=0.05))
+    try:
+        await asyncio.wait_for(entered.wait(), 10)  # the relay's batch is on the wire, and stays there
+        await relay.publish_stored(inline)
+        await eventually(
+            lambda: pool.fetchval("SELECT published_at IS NOT NULL FROM outbox WHERE id = $1", inline[0].id),
+            what="the inline publish marked while the batch waits",
+        )
+    finally:
+        release.set()
+        stop.set()
+        await asyncio.wait_for(loop, 10)
+        await pool.execute("DELETE FROM outbox WHERE routing_key IN ('test.slow', 'test.inline')")
