@@ -310,7 +310,7 @@ def map_status(spec: ProviderSpec, reply: HttpReply, *, max_retry_after_s: float
     status = reply.status
     if 200 <= status < 300:
         return None
-    body = _try_json(reply.body)
+    body = try_json(reply.body)
     # A body that is not JSON reaches the hook as bytes: QuickBooks' throttle fault is XML.
     override, detail = spec.error_hook(status, body if body is not None else reply.body)
     prefix = f"{spec.name} {reply.operation}: HTTP {status}"
@@ -343,7 +343,8 @@ def _default_class(status: int) -> type[IntegrationError]:
     return ValidationError  # 400, 422 and the other 4xx: the request itself is wrong
 
 
-def _try_json(body: bytes) -> Any:
+def try_json(body: bytes) -> Any:
+    """The body as JSON, or None when it is empty or not JSON."""
     try:
         return json.loads(body) if body.strip() else None
     except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep

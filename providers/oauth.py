@@ -27,7 +27,7 @@ import aiohttp
 import structlog
 
 from providers.auth import needs_refresh
-from providers.http import OAUTH_TIMEOUT, HttpReply, describe_body, send_request, spec_for
+from providers.http import OAUTH_TIMEOUT, HttpReply, describe_body, send_request, spec_for, try_json
 from service.config import Settings
 from service.errors import (
     AuthenticationError,
@@ -188,14 +188,15 @@ def _client(client_id: str | None, secret: Any, prefix: str) -> tuple[str, str]:
 def read_token_reply(reply: HttpReply) -> dict[str, Any]:
     """The token endpoint's answer as a dict; refused -> RefreshRefused, else our errors."""
     if reply.status in (400, 401):
-        body = _json_or_none(reply.body)
+        body = try_json(reply.body)
         if not isinstance(body, dict):  # a proxy's page, not the OAuth server's answer
             raise ProviderError(f"{reply.provider} token endpoint: HTTP {reply.status}: "
                                 f"{describe_body(reply.body, reply.headers)}", status=reply.status, retryable=True)
+        named = _oauth_error(reply.status, body)
         if _client_refused(body):  # our app's client, not this venue's grant: no credential is wrong
             raise ConfigurationError(f"{reply.provider} token endpoint refused our OAuth client "
-                                     f"({_oauth_error(reply)}): check {reply.provider.upper()}_CLIENT_ID/_SECRET")
-        raise RefreshRefused(f"{reply.provider} refused the token refresh: {_oauth_error(reply)}")
+                                     f"({named}): check {reply.provider.upper()}_CLIENT_ID/_SECRET")
+        raise RefreshRefused(f"{reply.provider} refused the token refresh: {named}")
     if reply.status == 429:
         raise RateLimitError(f"{reply.provider} token endpoint answered 429", status=429)
     if reply.status != 200:
@@ -205,13 +206,6 @@ def read_token_reply(reply: HttpReply) -> dict[str, Any]:
     if not isinstance(body.get("access_token"), str) or not body["access_token"]:
         raise reply.garbage("token reply has no access_token")
     return body
-
-
-def _json_or_none(body: bytes) -> Any:
-    try:
-        return json.loads(body) if body.strip() else None
-    except (ValueError, RecursionError):
-        return None
 
 
 def _client_refused(body: dict[str, Any]) -> bool:
@@ -226,18 +220,14 @@ def _client_refused(body: dict[str, Any]) -> bool:
     return False
 
 
-def _oauth_error(reply: HttpReply) -> str:
-    try:
-        body = json.loads(reply.body)
-    except ValueError:
-        return f"HTTP {reply.status}"
-    if isinstance(body, dict):
-        if isinstance(body.get("error"), str):
-            return " ".join(str(body.get(k, "")) for k in ("error", "error_description")).strip()
-        errors = body.get("errors")
-        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
-            return str(errors[0].get("code") or errors[0].get("detail") or f"HTTP {reply.status}")
-    return f"HTTP {reply.status}"
+def _oauth_error(status: int, body: dict[str, Any]) -> str:
+    """The OAuth error a token endpoint's JSON answer names (``HTTP <status>`` if none)."""
+    if isinstance(body.get("error"), str):
+        return " ".join(str(body.get(k, "")) for k in ("error", "error_description")).strip()
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        return str(errors[0].get("code") or errors[0].get("detail") or f"HTTP {status}")
+    return f"HTTP {status}"
 
 
 def merge_tokens(old: dict[str, Any], fresh: dict[str, Any], *, now: datetime) -> dict[str, Any]:
