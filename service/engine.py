@@ -250,14 +250,7 @@ class Engine:
         at once. By then the job has usually finished, and this delivery ends as a duplicate
         (its reply_to answered from the stored result). The job's row is not touched."""
         attempt = _retry_attempt(delivery) + 1
-        settings = self._d.settings
-        delay = backoff_delay_s(
-            attempt, base_s=settings.retry_base_delay_seconds, max_s=settings.retry_max_delay_seconds,
-            retry_after_s=None,
-        )
-        message = self._d.routes.retry(delivery, attempt=attempt, delay_s=delay)
-        async with self._d.pool.acquire() as conn, conn.transaction():
-            stored = await outbox_db.enqueue(conn, [message])
+        delay, stored = await self._republish_later(delivery, attempt, retry_after_s=None)
         log.info("sync_running_elsewhere", delay_s=round(delay, 3), attempt=attempt)
         return Outcome("retry", status="running", outbox=tuple(stored))
 
@@ -301,20 +294,31 @@ class Engine:
         if attempt >= settings.retry_max_attempts and not no_limit:
             reason = f"gave up after {attempt} attempts: {error}"
             return await self.dead_letter(delivery, type(error)(reason), raw=raw)
+        delay, stored = await self._republish_later(delivery, attempt, retry_after_s=error.retry_after_s, also=also)
+        self._d.metrics.retries.labels(provider, error.category).inc()
+        log.info(log_event, attempt=attempt, delay_s=round(delay, 3), category=error.category, error=str(error))
+        return Outcome("retry", status="pending", outbox=tuple(stored), category=error.category)
+
+    async def _republish_later(
+        self, delivery: Delivery, attempt: int, *, retry_after_s: float | None,
+        also: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+    ) -> tuple[float, list[outbox_db.StoredMessage]]:
+        """Store the delivery again as an outbox row due after the backoff of ``attempt``
+        (at least ``retry_after_s``), in one transaction with ``also``'s writes; return the
+        delay and the stored row."""
+        settings = self._d.settings
         delay = backoff_delay_s(
             attempt,
             base_s=settings.retry_base_delay_seconds,
             max_s=settings.retry_max_delay_seconds,
-            retry_after_s=error.retry_after_s,
+            retry_after_s=retry_after_s,
         )
         message = self._d.routes.retry(delivery, attempt=attempt, delay_s=delay)
         async with self._d.pool.acquire() as conn, conn.transaction():
             if also is not None:
                 await also(conn)
             stored = await outbox_db.enqueue(conn, [message])
-        self._d.metrics.retries.labels(provider, error.category).inc()
-        log.info(log_event, attempt=attempt, delay_s=round(delay, 3), category=error.category, error=str(error))
-        return Outcome("retry", status="pending", outbox=tuple(stored), category=error.category)
+        return delay, stored
 
     async def dead_letter(
         self, delivery: Delivery, error: IntegrationError, *, raw: dict[str, Any] | None
