@@ -8,8 +8,9 @@ import asyncio
 import contextlib
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
+import aiormq
 import asyncpg
 import structlog
 from aio_pika.abc import AbstractChannel, DeliveryMode
@@ -57,12 +58,14 @@ class AmqpPublisher:
         try:
             # The wait for a robust channel's reconnect is inside the timeout too.
             async with asyncio.timeout(timeout_s):  # no task per publish, unlike wait_for
-                channel = await self._channel.get_underlay_channel()
+                channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
                 # Not mandatory: nothing here acts on a returned message, and an event nobody
                 # has bound a queue for is dropped by design (pub/sub); returns only cost frames.
+                # wait=False: the confirm is what is waited for, not also the writer task
+                # putting the frame on the socket (holding the channel's lock meanwhile).
                 confirmation = await channel.basic_publish(
                     message.body, exchange=message.exchange, routing_key=message.routing_key,
-                    properties=properties, mandatory=False,
+                    properties=properties, mandatory=False, wait=False,
                 )
         except TimeoutError as exc:
             raise NetworkError(f"no publisher confirm within {timeout_s:g}s") from exc
