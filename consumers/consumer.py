@@ -225,7 +225,7 @@ class QueueConsumer:
         # dying connection loses is a redelivery, which finds the job finished.
         assert message.delivery_tag is not None  # consumed with no_ack=False
         await message.channel.basic_ack(delivery_tag=message.delivery_tag, wait=False)
-        self._metrics.messages_consumed.labels(queue=self.queue_name, outcome=_metric_outcome(outcome)).inc()
+        self._metrics.child(self._metrics.messages_consumed, self.queue_name, _metric_outcome(outcome)).inc()
 
     def _observe_age(self, message: AbstractIncomingMessage) -> None:
         published = message.timestamp
@@ -234,7 +234,7 @@ class QueueConsumer:
         if published.tzinfo is None:
             published = published.replace(tzinfo=UTC)
         age = (datetime.now(UTC) - published).total_seconds()
-        self._metrics.message_age.labels(queue=self.queue_name).observe(max(0.0, age))
+        self._metrics.child(self._metrics.message_age, self.queue_name).observe(max(0.0, age))
 
     async def poll_depth(self, stop: asyncio.Event, *, every_s: float = 15.0) -> None:
         """Keep integration_queue_depth_messages current (a passive declare is cheap). The

@@ -30,7 +30,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import aiohttp
 import structlog
@@ -149,6 +149,19 @@ class ReportsUse(Protocol):
     async def record_auth_failure(self, message: str) -> None: ...
 
 
+_REPORTS_USE: dict[type, bool] = {}
+
+
+def reports_use(auth: VenueAuth) -> bool:
+    """``isinstance(auth, ReportsUse)``, remembered per class: a runtime-checkable
+    Protocol's isinstance walks the protocol's members on every call (a few microseconds
+    on every provider call)."""
+    known = _REPORTS_USE.get(type(auth))
+    if known is None:
+        known = _REPORTS_USE[type(auth)] = isinstance(auth, ReportsUse)
+    return known
+
+
 LimitsFor = Callable[..., Any]
 
 
@@ -193,8 +206,8 @@ class ProviderHttp:
         if error is not None:
             await self._after_error(spec, auth, error)
             raise error
-        if isinstance(auth, ReportsUse):
-            await auth.record_success()
+        if reports_use(auth):
+            await cast(ReportsUse, auth).record_success()
         return reply
 
     async def request_json(self, spec: ProviderSpec, auth: VenueAuth, method: str, url: str, *,
@@ -241,8 +254,8 @@ class ProviderHttp:
     async def _after_error(self, spec: ProviderSpec, auth: VenueAuth, error: IntegrationError) -> None:
         if isinstance(error, RateLimitError):
             await self.penalize(spec, auth.account_id, error)
-        if isinstance(error, AuthenticationError) and isinstance(auth, ReportsUse):
-            await auth.record_auth_failure(error.message)
+        if isinstance(error, AuthenticationError) and reports_use(auth):
+            await cast(ReportsUse, auth).record_auth_failure(error.message)
 
 
 async def send_request(
@@ -297,9 +310,8 @@ async def _read_bounded(response: aiohttp.ClientResponse, where: str) -> bytes:
 def _observe(metrics: Metrics | None, provider: str, operation: str, status: int | None,
              duration_s: float) -> None:
     if metrics is not None:
-        metrics.provider_calls.labels(
-            provider=provider, operation=operation, status_class=status_class(status)).inc()
-        metrics.provider_call_duration.labels(provider=provider, operation=operation).observe(duration_s)
+        metrics.child(metrics.provider_calls, provider, operation, status_class(status)).inc()
+        metrics.child(metrics.provider_call_duration, provider, operation).observe(duration_s)
         # 429s are counted by the limiter's observer when penalize() is called, not here.
     log.debug("provider_call", provider=provider, operation=operation, status=status,
               duration_s=round(duration_s, 4))

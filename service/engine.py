@@ -241,7 +241,7 @@ class Engine:
         finally:
             await held.release()
         elapsed = (utcnow() - started).total_seconds()
-        self._d.metrics.job_duration.labels(request.provider, request.entity, status).observe(elapsed)
+        self._d.metrics.child(self._d.metrics.job_duration, request.provider, request.entity, status).observe(elapsed)
         return Outcome("done", status=status, outbox=stored)
 
     async def _put_off(self, request: SyncRequest, delivery: Delivery) -> Outcome:

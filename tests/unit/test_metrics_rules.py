@@ -137,12 +137,16 @@ def test_no_label_value_looks_like_an_id() -> None:
 
 
 def _labels_calls(path: Path) -> list[tuple[int, str]]:
-    """(line, source) of every ``.labels(...)`` call argument in one module."""
+    """(line, source) of every label value passed to ``.labels(...)`` or ``Metrics.child``
+    in one module."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "labels":
             for arg in [*node.args, *(k.value for k in node.keywords)]:
+                found.append((node.lineno, ast.unparse(arg)))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "child":
+            for arg in node.args[1:]:  # Metrics.child(metric, *label values)
                 found.append((node.lineno, ast.unparse(arg)))
     return found
 
@@ -200,3 +204,18 @@ async def test_metrics_endpoint_serves_the_registry() -> None:
     assert (200, "text/plain") == (response.status, response.content_type)
     assert type_lines(metrics.render().decode()) == type_lines(text)
     assert 'integration_provider_rate_limited_total{provider="stripe"} 1.0' in text.splitlines()
+
+
+def test_child_is_the_labelled_series_and_remembered() -> None:
+    """Metrics.child(metric, *values) counts in the same series as metric.labels(*values)."""
+    metrics = Metrics()
+    child = metrics.child(metrics.provider_calls, "stripe", "list_customers", "2xx")
+    child.inc()
+    metrics.provider_calls.labels(provider="stripe", operation="list_customers", status_class="2xx").inc()
+    assert metrics.child(metrics.provider_calls, "stripe", "list_customers", "2xx") is child
+    value = metrics.registry.get_sample_value(
+        "integration_provider_calls_total",
+        {"provider": "stripe", "operation": "list_customers", "status_class": "2xx"},
+    )
+    assert value == 2
+    assert metrics.child(metrics.provider_calls, "stripe", "list_customers", "5xx") is not child
