@@ -443,7 +443,7 @@ def final_state(
         status=result.status,
         counts=result.counts.model_dump(),
         errors=[e.model_dump() for e in result.errors],
-        result=result.model_dump_json(by_alias=True),
+        result=result.to_json_bytes().decode(),
         finished_at=result.finished_at,
         announce=messages,
         cursor=cursor,

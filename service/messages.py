@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -123,6 +124,15 @@ class JobResult(_Message):
     errors: list[RecordError] = Field(default_factory=list)
     started_at: datetime
     finished_at: datetime
+
+    @cached_property
+    def wire_body(self) -> bytes:
+        """The wire body, made once: a job's result is stored and sent (also to reply_to)
+        with the same bytes."""
+        return super().to_json_bytes()
+
+    def to_json_bytes(self) -> bytes:
+        return self.wire_body
 
 
 class RecordEvent(_Message):
