@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from datetime import timedelta
 from typing import Any, cast
@@ -31,6 +32,10 @@ CONFIRM_TIMEOUT_S = 5.0
 # inside INLINE_GRACE_S, and one statement for many publishes instead of one for a few.
 MARK_WINDOW_S = 0.05
 PERSISTENT = int(DeliveryMode.PERSISTENT)
+# An inline publish starts only for a row this young; an older one (held up behind a slow
+# broker) is left to the relay loop, so a confirm at the end of its wait, and the mark
+# after it, still come inside outbox INLINE_GRACE_S, before another relay takes the row.
+INLINE_START_MAX_S = outbox_db.INLINE_GRACE_S - CONFIRM_TIMEOUT_S - 5.0
 
 
 class AmqpPublisher:
@@ -218,8 +223,12 @@ class OutboxRelay:
         """Publish these just-committed rows now, from memory (scheduled retries wait for
         the relay loop); their published marks are written in bulk by the relay loop. A
         crash before the mark republishes them: at-least-once, as everywhere."""
-        now = utcnow()
+        now, young = utcnow(), time.monotonic() - INLINE_START_MAX_S
         due = [item for item in stored if outbox_db.is_due(item, now)]
+        late = [item for item in due if item.stored_at < young]
+        if late:  # the relay loop publishes them
+            due = [item for item in due if item.stored_at >= young]
+            log.info("inline_publish_left_to_relay", messages=len(late))
         if due:
             confirmed = await self._publish(due)
             self._sent.extend(confirmed)  # not ``+=``: a flush may have swapped the list meanwhile

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -29,6 +30,10 @@ class OutboxMessage:
 class StoredMessage:
     id: int
     message: OutboxMessage
+    # When this process learnt the row was written (monotonic clock): an inline publish
+    # starts only while the row is young enough to be confirmed and marked inside
+    # INLINE_GRACE_S, before another relay may take it.
+    stored_at: float = field(default_factory=time.monotonic, compare=False)
 
 
 def insert_sql(first: int = 1, *, owned_by: str | None = None) -> str:
@@ -108,7 +113,11 @@ def _stored(row: asyncpg.Record) -> StoredMessage:
     )
 
 
-INLINE_GRACE_S = 5.0  # a fresh row belongs to the consumer that is publishing it inline
+# A fresh row belongs to the consumer publishing it inline for this long. Well above the
+# inline publish's own bound (consumers/publishers.py: a start within INLINE_START_MAX_S,
+# a confirm within CONFIRM_TIMEOUT_S, the mark within MARK_WINDOW_S), so a publish
+# confirmed at the end of its wait is marked before a relay takes the row again.
+INLINE_GRACE_S = 15.0
 
 
 async def claim_due(conn: asyncpg.Connection, *, limit: int) -> list[StoredMessage]:

@@ -182,3 +182,54 @@ async def test_inline_publishes_are_marked_while_a_relay_batch_is_still_publishi
         stop.set()
         await asyncio.wait_for(loop, 10)
         await pool.execute("DELETE FROM outbox WHERE routing_key IN ('test.slow', 'test.inline')")
+
+
+async def test_an_inline_publish_held_up_past_its_start_bound_is_left_to_the_relay(pool: Any) -> None:
+    """A publish confirmed at the end of its wait must still be marked inside INLINE_GRACE_S,
+    or another replica's relay takes the row and publishes it a second time. So a row held
+    up before its inline publish (a slow broker) is no longer published inline once older
+    than INLINE_START_MAX_S; the relay loop publishes it once its grace is over, and a fresh
+    row of the same call still goes out at once."""
+    import dataclasses
+    import time
+
+    from consumers.publishers import CONFIRM_TIMEOUT_S, INLINE_START_MAX_S, MARK_WINDOW_S, OutboxRelay
+
+    assert INLINE_START_MAX_S > 0
+    assert INLINE_START_MAX_S + CONFIRM_TIMEOUT_S + MARK_WINDOW_S < outbox_db.INLINE_GRACE_S
+
+    published: list[str] = []
+
+    class Recording:
+        async def publish(self, message: Any, **kwargs: Any) -> None:
+            published.append(message.routing_key)
+
+    relay = OutboxRelay(pool, Recording())  # type: ignore[arg-type]
+    async with pool.acquire() as conn, conn.transaction():
+        stored = await outbox_db.enqueue(
+            conn,
+            [
+                outbox_db.OutboxMessage("integration.events", "test.held-up", b"{}", str(uuid.uuid4())),
+                outbox_db.OutboxMessage("integration.events", "test.fresh", b"{}", str(uuid.uuid4())),
+            ],
+        )
+    held_up = dataclasses.replace(stored[0], stored_at=time.monotonic() - INLINE_START_MAX_S - 1)
+    await relay.publish_stored([held_up, stored[1]])
+    assert published == ["test.fresh"]
+
+    grace = outbox_db.INLINE_GRACE_S
+    stop = asyncio.Event()
+    try:
+        outbox_db.INLINE_GRACE_S = 0.0  # the grace is over: the relay's to publish
+        loop = asyncio.ensure_future(relay.run(stop, interval_s=0.05))
+        await eventually(
+            lambda: pool.fetchval("SELECT published_at IS NOT NULL FROM outbox WHERE id = $1", held_up.id),
+            what="the held-up row published by the relay",
+        )
+        stop.set()
+        await asyncio.wait_for(loop, 10)
+    finally:
+        outbox_db.INLINE_GRACE_S = grace
+        stop.set()
+        await pool.execute("DELETE FROM outbox WHERE routing_key IN ('test.held-up', 'test.fresh')")
+    assert published.count("test.held-up") == 1
