@@ -64,6 +64,9 @@ class AmqpPublisher:
             # The wait for a robust channel's reconnect is inside the timeout too.
             async with asyncio.timeout(timeout_s):  # no task per publish, unlike wait_for
                 channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+                if channel.is_closed:  # the broker closed it, and its reopening is under way:
+                    # a publish queued now would reach a dead or a reopened channel number
+                    raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
                 # Not mandatory: nothing here acts on a returned message, and an event nobody
                 # has bound a queue for is dropped by design (pub/sub); returns only cost frames.
                 # wait=False: the confirm is what is waited for, not also the writer task
@@ -74,6 +77,13 @@ class AmqpPublisher:
                 )
         except TimeoutError as exc:
             raise NetworkError(f"no publisher confirm within {timeout_s:g}s") from exc
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this task is being cancelled
+            # aiormq fails a pending confirm with CancelledError when its connection's reader
+            # is cancelled: the broker is away, not this task.
+            raise NetworkError(f"publish to {message.exchange or 'default'} failed: connection closed") from exc
         except Exception as exc:  # aiormq / connection errors, a nack (DeliveryError)
             raise NetworkError(
                 f"publish to {message.exchange or 'default'} failed: {exc.__class__.__name__}"
@@ -270,7 +280,7 @@ class OutboxRelay:
             return
         try:
             await outbox_db.mark_published(self._pool, sent)
-        except Exception:
+        except BaseException:  # cancelled at shutdown too: kept for whoever flushes next
             self._sent = sent + self._sent  # try again next tick
             raise
 

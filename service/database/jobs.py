@@ -171,10 +171,11 @@ def _announced_tail(written: str, cursor_first: int) -> str:
         ), announced AS (
             {outbox_db.insert_sql(1, owned_by=f"(SELECT job_id FROM {written})")}
         )
-        SELECT job_id AS written, NULL::bigint AS id, NULL::text AS message_id, NULL::boolean AS pending
+        SELECT job_id AS written, NULL::bigint AS id, NULL::text AS message_id, NULL::boolean AS pending,
+            NULL::float8 AS age
         FROM {written}
         UNION ALL
-        SELECT NULL, id, message_id, pending FROM announced"""
+        SELECT NULL, id, message_id, pending, age FROM announced"""
 
 
 def _announced_args(jobs: list[Finish]) -> tuple[list[list[Any]], list[list[Any]]]:

@@ -30,9 +30,10 @@ class OutboxMessage:
 class StoredMessage:
     id: int
     message: OutboxMessage
-    # When this process learnt the row was written (monotonic clock): an inline publish
-    # starts only while the row is young enough to be confirmed and marked inside
-    # INLINE_GRACE_S, before another relay may take it.
+    # When the row was first written, on this process's monotonic clock (its age as the
+    # database saw it, from the statement that returned it): an inline publish starts only
+    # while the row is young enough to be confirmed and marked inside INLINE_GRACE_S,
+    # before another relay may take it.
     stored_at: float = field(default_factory=time.monotonic, compare=False)
 
 
@@ -51,7 +52,8 @@ def insert_sql(first: int = 1, *, owned_by: str | None = None) -> str:
                        {p[5]}::text[], {p[6]}::bytea[], {p[7]}::timestamptz[]{owner})
                AS u(e, r, m, c, h, t, b, a{", o" if owned_by else ""}){where}
            ON CONFLICT (message_id) DO UPDATE SET message_id = EXCLUDED.message_id
-           RETURNING id, message_id, published_at IS NULL AS pending"""
+           RETURNING id, message_id, published_at IS NULL AS pending,
+               extract(epoch FROM now() - created_at)::float8 AS age"""
 
 
 def unique(messages: list[OutboxMessage]) -> list[OutboxMessage]:
@@ -77,8 +79,11 @@ def pending(messages: list[OutboxMessage], rows: list[asyncpg.Record]) -> list[S
     """The rows still to publish, in message order: new ones, and earlier ones with the same
     message id not yet published (a redone page re-announces nothing that already went out)."""
     by_message_id = {row["message_id"]: row for row in rows}
+    now = time.monotonic()
     return [
-        StoredMessage(by_message_id[m.message_id]["id"], m)
+        # An earlier row (a redone page's) is as old as its first insert: the relay's grace
+        # runs from then, so its inline publish is bounded from then too.
+        StoredMessage(by_message_id[m.message_id]["id"], m, stored_at=now - (by_message_id[m.message_id]["age"] or 0.0))
         for m in messages
         if by_message_id[m.message_id]["pending"]
     ]

@@ -92,7 +92,7 @@ async def test_push_succeeds_and_publishes_events_and_result(daemon: Harness, ve
     assert "succeeded" == row["status"]
     assert {"processed": 3, "created": 3, "updated": 0, "skipped": 0, "failed": 0} == row["counts"]
     result = await daemon.probed(
-        lambda m: m.routing_key == "job.succeeded" and body_of(m)["job_id"] == request.job_id
+        lambda m: m.routing_key == "job.succeeded" and body_of(m).get("job_id") == request.job_id
     )
     assert "integration.job_result.v1" == body_of(result)["schema"]
     keys = [key for op, key in daemon.provider.calls if op == "push"]
@@ -113,7 +113,9 @@ async def test_a_stored_outcome_is_acknowledged_before_its_result_is_confirmed(
     seen = [daemon.probe.get_nowait().routing_key for _ in range(daemon.probe.qsize())]
     assert "job.succeeded" not in seen  # no result yet: its publish is still waiting
     held.release.set()
-    result = await daemon.probed(lambda m: m.routing_key == "job.succeeded" and body_of(m)["job_id"] == request.job_id)
+    result = await daemon.probed(
+        lambda m: m.routing_key == "job.succeeded" and body_of(m).get("job_id") == request.job_id
+    )
     assert "succeeded" == body_of(result)["status"]
 
 
@@ -371,7 +373,7 @@ async def test_bad_input_is_dead_lettered_with_headers_and_a_failed_result(
     assert 1 == stored
     if case != "not json":
         result = await daemon.probed(
-            lambda m: m.routing_key == "job.failed" and body_of(m)["job_id"] == job_id
+            lambda m: m.routing_key == "job.failed" and body_of(m).get("job_id") == job_id
         )
         errors = body_of(result)["errors"]
         assert [(None, category)] == [(e["record_id"], e["category"]) for e in errors]
@@ -478,7 +480,7 @@ async def test_a_long_pulls_page_events_are_published_once_as_its_pages_commit(
 
     await eventually(early_events_marked, what="the first two pages' events published")
     last_page.set()
-    await daemon.probed(lambda m: m.routing_key == "job.succeeded" and body_of(m)["job_id"] == pull.job_id)
+    await daemon.probed(lambda m: m.routing_key == "job.succeeded" and body_of(m).get("job_id") == pull.job_id)
     events = [m for m in published if m.startswith("event-")]
     assert 6 == len(events) == len(set(events))
 
@@ -677,7 +679,9 @@ async def test_a_pull_that_finds_nothing_new_is_stored_finished_with_its_cursor_
     await eventually(lambda: daemon.finished(full.job_id))
     nothing = pull_request(venue_id)
     await daemon.request(nothing)
-    result = await daemon.probed(lambda m: m.routing_key == "job.succeeded" and body_of(m)["job_id"] == nothing.job_id)
+    result = await daemon.probed(
+        lambda m: m.routing_key == "job.succeeded" and body_of(m).get("job_id") == nothing.job_id
+    )
     assert {"processed": 0, "created": 0, "updated": 0, "skipped": 0, "failed": 0} == body_of(result)["counts"]
     row = await daemon.job(nothing.job_id)
     assert ("succeeded", 1) == (row["status"], row["attempts"])

@@ -233,3 +233,39 @@ async def test_an_inline_publish_held_up_past_its_start_bound_is_left_to_the_rel
         stop.set()
         await pool.execute("DELETE FROM outbox WHERE routing_key IN ('test.held-up', 'test.fresh')")
     assert published.count("test.held-up") == 1
+
+
+async def test_a_redone_rows_inline_publish_is_bounded_from_its_first_insert(pool: Any) -> None:
+    """A redone page gets back the earlier, still unpublished row of the same message id:
+    the relay's grace for it runs from its first insert, long over, so publishing it inline
+    as if new would race a relay publishing it too. It is left to the relay."""
+    from consumers.publishers import INLINE_START_MAX_S, OutboxRelay
+
+    published: list[str] = []
+
+    class Recording:
+        async def publish(self, message: Any, **kwargs: Any) -> None:
+            published.append(message.message_id)
+
+    earlier, fresh = str(uuid.uuid4()), str(uuid.uuid4())
+    await pool.execute(
+        """INSERT INTO outbox (exchange, routing_key, message_id, body, created_at, available_at)
+           VALUES ('integration.events', 'test.redone', $1, '\\x7b7d', now() - interval '1 minute',
+                   now() - interval '1 minute')""",
+        earlier,
+    )  # fmt: skip
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            stored = await outbox_db.enqueue(
+                conn,
+                [
+                    outbox_db.OutboxMessage("integration.events", "test.redone", b"{}", earlier),
+                    outbox_db.OutboxMessage("integration.events", "test.redone", b"{}", fresh),
+                ],
+            )
+        assert [s.message.message_id for s in stored] == [earlier, fresh]
+        assert stored[1].stored_at - stored[0].stored_at > INLINE_START_MAX_S
+        await OutboxRelay(pool, Recording()).publish_stored(stored)  # type: ignore[arg-type]
+        assert published == [fresh]
+    finally:
+        await pool.execute("DELETE FROM outbox WHERE routing_key = 'test.redone'")
