@@ -71,7 +71,7 @@ class AmqpPublisher:
                 # has bound a queue for is dropped by design (pub/sub); returns only cost frames.
                 # wait=False: the confirm is what is waited for, not also the writer task
                 # putting the frame on the socket (holding the channel's lock meanwhile).
-                confirmation = await channel.basic_publish(
+                await channel.basic_publish(
                     message.body, exchange=message.exchange, routing_key=message.routing_key,
                     properties=properties, mandatory=False, wait=False,
                 )
@@ -84,12 +84,12 @@ class AmqpPublisher:
             # aiormq fails a pending confirm with CancelledError when its connection's reader
             # is cancelled: the broker is away, not this task.
             raise NetworkError(f"publish to {message.exchange or 'default'} failed: connection closed") from exc
-        except Exception as exc:  # aiormq / connection errors, a nack (DeliveryError)
+        except aiormq.exceptions.DeliveryError as exc:  # aiormq's form of a Basic.Nack
+            raise NetworkError("the broker refused the message (nack)") from exc
+        except Exception as exc:  # aiormq / connection errors
             raise NetworkError(
                 f"publish to {message.exchange or 'default'} failed: {exc.__class__.__name__}"
             ) from exc
-        if getattr(confirmation, "name", "") == "Basic.Nack":
-            raise NetworkError("the broker refused the message (nack)")
 
     async def publish_webhook(
         self, message: VerifiedWebhook, *, message_id: str, timeout_s: float = 2.0

@@ -58,6 +58,16 @@ async def test_a_confirm_failed_by_a_cancelled_connection_reader_is_a_network_er
         await AmqpPublisher(Robust(underlay)).publish(MESSAGE)  # type: ignore[arg-type]
 
 
+async def test_a_nack_is_a_network_error_that_says_so() -> None:
+    """aiormq fails the confirm of a Basic.Nack with DeliveryError."""
+    import aiormq
+    from aiormq import spec
+
+    nack = aiormq.exceptions.DeliveryError(None, spec.Basic.Nack(delivery_tag=1))
+    with pytest.raises(NetworkError, match="refused the message"):
+        await AmqpPublisher(Robust(Underlay(fail_with=nack))).publish(MESSAGE)  # type: ignore[arg-type]
+
+
 async def test_a_publish_whose_own_task_is_cancelled_stays_cancelled() -> None:
     entered = asyncio.Event()
 
