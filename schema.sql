@@ -213,11 +213,19 @@ CREATE TABLE IF NOT EXISTS rate_limit_buckets (
     PRIMARY KEY (provider, account)
 );
 ALTER TABLE rate_limit_buckets ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;
+-- A process alone on an account owns it for a short lease and grants from its own copy
+-- (service/database/ratelimit.py); another process that needs the account sets `wanted`.
+ALTER TABLE rate_limit_buckets ADD COLUMN IF NOT EXISTS owner text;
+ALTER TABLE rate_limit_buckets ADD COLUMN IF NOT EXISTS owner_until double precision NOT NULL DEFAULT 0;
+ALTER TABLE rate_limit_buckets ADD COLUMN IF NOT EXISTS wanted boolean NOT NULL DEFAULT false;
 -- A hand-made UPDATE (an operator lifting a pause) bumps the version too, so every process
--- sees it on its next write instead of overwriting it with a copy from before.
+-- sees it on its next write instead of overwriting it with a copy from before (an owner
+-- loses the row to it). Only raising `wanted` leaves the version alone: the owner's next
+-- renewal must still match it, and then sees the flag.
 CREATE OR REPLACE FUNCTION rate_limit_buckets_bump() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.version = OLD.version THEN
+    IF NEW.version = OLD.version AND (NEW.state, NEW.paused_until, NEW.owner, NEW.owner_until)
+            IS DISTINCT FROM (OLD.state, OLD.paused_until, OLD.owner, OLD.owner_until) THEN
         NEW.version := OLD.version + 1;
     END IF;
     RETURN NEW;

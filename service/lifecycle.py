@@ -133,7 +133,9 @@ async def open_app(settings: Settings, *, component: str, pool_size: int = 12) -
         relaxed_pool = await create_pool(dsn, min_size=2, max_size=pool_size, relaxed=True, generic_plans=True)
         stack.push_async_callback(relaxed_pool.close)
         vault = Vault(pool, key_provider_from_settings(settings))
-        limiter = RateLimiter(PostgresBucketStore(relaxed_pool), observer=MetricsLimiterObserver(metrics))
+        buckets = PostgresBucketStore(relaxed_pool, own=True)  # lets go of its accounts before the pool closes
+        stack.push_async_callback(buckets.close)
+        limiter = RateLimiter(buckets, observer=MetricsLimiterObserver(metrics))
         session = provider_session()
         stack.push_async_callback(session.close)
         http = ProviderHttp(session, limiter=limiter, settings=settings, metrics=metrics)

@@ -12,16 +12,41 @@ on a fresh read, so a stale copy never decides alone. The ``state`` column holds
 of ``BucketState`` except ``paused_until``, which has its own column so an operator can
 read a pause at a glance. Writes go through the relaxed pool (no wait for the WAL flush): a
 bucket lost in a database crash only forgets the last instants of spacing.
+
+Owning an account (``own=True``, the daemon's setting). A process that is alone on an
+account takes it for a short lease (``owner``, ``owner_until`` on the row) and then grants
+from its own copy with no statement at all; one statement every ``OWN_RENEW_S`` renews the
+leases of all the accounts it owns. Three rules keep this as safe as the compare-and-set:
+
+- *Nobody else writes an owned row.* A process that needs an account another one owns sets
+  the row's ``wanted`` flag and waits; the owner sees the flag on its next renewal, writes
+  its copy back and lets go. Both then share the account by compare-and-set, and neither
+  takes it again until ``OWN_COOL_OFF_S`` has passed without the other's writes.
+- *What is not written cannot outlive the lease.* Granted locally are only the send times
+  before the lease ends (the new TAT at or before ``owner_until``); changes to concurrency
+  slots, pauses and later send times are written through. So when an owner dies (or stalls
+  past its lease) without writing back, every send it granted and did not write is over by
+  the time another process may take the row, and the state on the row is a safe start.
+- *Local grants stop ``OWN_SAFETY_S`` before the lease ends*, a margin for a renewal in
+  flight and for clock skew between hosts (which the spacing's margin already assumes small).
+
+Accounts used by several processes at once therefore cost what they cost before, one
+statement per grant; an account one process has to itself costs a statement every 50 ms
+(shared with every other account it owns) instead of one per call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import asyncpg
+import structlog
 
 from service.database.batching import Coalescer
 from service.errors import NetworkError
@@ -29,20 +54,34 @@ from service.limiter import BucketState, state_from_json, state_to_json
 
 T = TypeVar("T")
 
+log = structlog.get_logger(__name__)
+
 ACQUIRE_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 5.0
 MAX_ROUNDS = 100  # compare-and-set rounds before giving up (each loses only to a real write)
 
-_SELECT = (
-    "SELECT version, state::text AS state, paused_until FROM rate_limit_buckets"
-    " WHERE provider = $1 AND account = $2"
-)
+OWN_LEASE_S = 0.5  # an owner's lease on an account, renewed every OWN_RENEW_S while used
+OWN_RENEW_S = 0.05  # also how soon an owner sees that another process wants the account
+OWN_SAFETY_S = 0.15  # local grants stop this long before the lease ends
+OWN_IDLE_S = 1.0  # an account unused this long is written back and let go
+OWN_COOL_OFF_S = 2.0  # after another process's write on an account, no owning it for this long
+HANDOVER_POLL_S = 0.01  # a process waiting for an owner to let go looks again this often
+HANDOVER_MAX_S = 5.0  # ... and gives up (NetworkError) after this long
+
+_COLUMNS = "version, state::text AS state, paused_until, owner, owner_until, wanted"
+_SELECT = f"SELECT {_COLUMNS} FROM rate_limit_buckets WHERE provider = $1 AND account = $2"
 _INSERT = (
     "INSERT INTO rate_limit_buckets (provider, account) VALUES ($1, $2)"
     " ON CONFLICT (provider, account) DO NOTHING"
 )
+# Ask the owner to let go; changes nothing else, so the trigger leaves the version alone.
+_WANT = (
+    "UPDATE rate_limit_buckets SET wanted = true"
+    " WHERE provider = $1 AND account = $2 AND owner = $3 AND NOT wanted"
+)
 # Each row is written only if still at the version the caller computed from; every row
 # comes back as this statement saw it (its snapshot), so a loser recomputes at once.
+# ``wanted`` is cleared whenever the owner changes and kept while the owner renews.
 # One account alone (the quiet case) has its own statement: on a pool without generic plans
 # PostgreSQL plans the array form afresh on every call, which costs more than the write
 # (0.24 vs 0.65 ms here); the daemon's pools now keep generic plans, where the single-row
@@ -51,31 +90,58 @@ _COMPARE_AND_SET_ONE = """
     WITH current AS (""" + _SELECT + """),
     written AS (
         UPDATE rate_limit_buckets
-        SET state = $3::text::jsonb, paused_until = $4, version = version + 1, updated_at = now()
+        SET state = $3::text::jsonb, paused_until = $4, version = version + 1, updated_at = now(),
+            wanted = CASE WHEN owner IS DISTINCT FROM $6::text THEN false ELSE wanted END,
+            owner = $6::text, owner_until = $7
         WHERE provider = $1 AND account = $2 AND version = $5
         RETURNING version
     )
-    SELECT (SELECT version FROM written) AS written, version, state, paused_until FROM current
+    SELECT (SELECT version FROM written) AS written, version, state, paused_until, owner,
+        owner_until, wanted
+    FROM current
 """
 _COMPARE_AND_SET = """
     WITH input AS (
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::bigint[])
-            AS i(provider, account, state, paused_until, version)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::bigint[],
+                             $6::text[], $7::float8[])
+            AS i(provider, account, state, paused_until, version, owner, owner_until)
     ), written AS (
         UPDATE rate_limit_buckets AS b
-        SET state = i.state::jsonb, paused_until = i.paused_until, version = b.version + 1, updated_at = now()
+        SET state = i.state::jsonb, paused_until = i.paused_until, version = b.version + 1,
+            updated_at = now(),
+            wanted = CASE WHEN b.owner IS DISTINCT FROM i.owner THEN false ELSE b.wanted END,
+            owner = i.owner, owner_until = i.owner_until
         FROM input AS i
         WHERE b.provider = i.provider AND b.account = i.account AND b.version = i.version
         RETURNING b.provider, b.account, b.version
     )
-    SELECT i.provider, i.account, w.version AS written, b.version, b.state::text AS state, b.paused_until
+    SELECT i.provider, i.account, w.version AS written, b.version, b.state::text AS state,
+        b.paused_until, b.owner, b.owner_until, b.wanted
     FROM input AS i
     LEFT JOIN written AS w ON w.provider = i.provider AND w.account = i.account
     LEFT JOIN rate_limit_buckets AS b ON b.provider = i.provider AND b.account = i.account
 """
 
-Known = tuple[int, BucketState]  # (row version, the state at that version)
 KNOWN_MAX = 10_000  # accounts remembered; past it the copies are dropped and read again
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A row of rate_limit_buckets as this process last wrote or read it."""
+
+    version: int
+    state: BucketState
+    owner: str | None = None
+    owner_until: float = 0.0
+    wanted: bool = False
+
+
+def _row(record: Mapping[str, Any], version: int | None = None) -> Row:
+    return Row(
+        record["version"] if version is None else version,
+        state_from_json(record["state"], record["paused_until"]),
+        record["owner"], float(record["owner_until"]), bool(record["wanted"]),
+    )
 
 
 @dataclass(slots=True)
@@ -88,61 +154,238 @@ class _Turn:
     users: int = 0
 
 
+@dataclass(slots=True)
+class _Owned:
+    """An account this process owns: its lease and when it was last used here."""
+
+    until: float
+    used: float
+    wanted: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class _Write:
     provider: str
     account: str
     state: BucketState
     version: int  # the version ``state`` was computed from
+    owner: str | None = None  # who owns the row after this write (None: nobody)
+    owner_until: float = 0.0
+
+
+def local_ok(state: BucketState, new_state: BucketState, until: float) -> bool:
+    """May an owner keep this change to itself? Only new send times before its lease ends:
+    slots, pauses and epochs must be on the row in case the owner dies."""
+    if (new_state.leases != state.leases or new_state.paused_until != state.paused_until
+            or new_state.epoch != state.epoch):
+        return False
+    return all(
+        value[0] <= until for key, value in new_state.tat.items() if state.tat.get(key) != value
+    )
+
+
+def merged(mine: BucketState, theirs: BucketState) -> BucketState:
+    """The row's state, with the later send times of an owner's copy that lost the row (to a
+    hand-made UPDATE, or to a takeover after a stall): what it granted stays granted."""
+    tat = dict(theirs.tat)
+    for key, value in mine.tat.items():
+        if key not in tat or value[0] > tat[key][0]:
+            tat[key] = value
+    return replace(theirs, tat=tat)
 
 
 class PostgresBucketStore:
     """BucketStore shared by every process on the same database."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, own: bool = False, clock: Callable[[], float] = time.time,
+    ) -> None:
         """``pool``: the relaxed pool (``create_pool(relaxed=True)``) in production, so a
-        grant does not wait for the WAL flush; any pool is correct."""
+        grant does not wait for the WAL flush; any pool is correct. ``own``: take accounts
+        this process has to itself (module docstring); ``close()`` then lets them go."""
         self._pool = pool
-        self._known: dict[tuple[str, str], Known] = {}
+        self._own = own
+        self._clock = clock  # the limiter's clock: send times and leases are on it
+        self._me = uuid.uuid4().hex
+        self._known: dict[tuple[str, str], Row] = {}
         self._turns: dict[tuple[str, str], _Turn] = {}
+        self._owned: dict[tuple[str, str], _Owned] = {}
+        self._foreign: dict[tuple[str, str], float] = {}  # another process's write last seen
+        self._keeper: asyncio.Task[None] | None = None
+        self._closing = False
         self._writes: Coalescer[_Write, Mapping[str, Any]] = Coalescer(self._write_many)
+        self.handovers = 0  # accounts let go because another process wanted them (tests, bench)
 
     async def update(
         self, provider: str, account: str, change: Callable[[BucketState], tuple[BucketState, T]]
     ) -> T:
         """Apply ``change`` atomically; raises NetworkError when PostgreSQL fails."""
         key = (provider, account)
-        turn = self._turns.get(key)
-        if turn is None:
-            turn = self._turns[key] = _Turn()
+        turn = self._turn(key)
         turn.users += 1
         try:
             async with turn.lock:
-                known = self._known.get(key) or await self._fetch(provider, account)
-                for _ in range(MAX_ROUNDS):
-                    version, state = known
-                    new_state, result = change(state)
-                    if new_state == state:
-                        fresh = await self._fetch(provider, account)
-                        if fresh[0] == version:
-                            self._remember(key, fresh)
-                            return result
-                        known = fresh
-                        continue
-                    row = await self._writes.submit(_Write(provider, account, new_state, version))
-                    if row["written"] is not None:
-                        self._remember(key, (row["written"], new_state))
+                owned = self._owned.get(key)
+                if owned is not None and owned.until - OWN_SAFETY_S > self._clock():
+                    row = self._known[key]
+                    new_state, result = change(row.state)
+                    if new_state == row.state or local_ok(row.state, new_state, owned.until):
+                        owned.used = self._clock()
+                        self._known[key] = replace(row, state=new_state)
                         return result
-                    known = (
-                        await self._fetch(provider, account) if row["version"] is None
-                        else (row["version"], state_from_json(row["state"], row["paused_until"]))
-                    )
+                return await self._update_on_row(key, change)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            self._known.pop(key, None)
+            self._drop(key)
             raise NetworkError(f"rate-limit store failed: {exc.__class__.__name__}") from exc
         finally:
             turn.users -= 1
+
+    async def _update_on_row(
+        self, key: tuple[str, str], change: Callable[[BucketState], tuple[BucketState, T]]
+    ) -> T:
+        """The compare-and-set rounds (in the account's turn), taking or keeping the lease
+        when this process is alone on the account."""
+        provider, account = key
+        row = self._known.get(key) or await self._fetch(provider, account)
+        for _ in range(MAX_ROUNDS):
+            now = self._clock()
+            owned = self._owned.get(key)
+            mine = owned is not None and owned.until > now
+            if not mine and row.owner is not None and row.owner_until > now:
+                row = await self._wait_for_owner(key, row)
+                continue
+            new_state, result = change(row.state)
+            if new_state == row.state:
+                if mine:  # nobody else writes an owned row: our copy is the row
+                    return result
+                fresh = await self._fetch(provider, account)
+                if fresh.version == row.version:
+                    self._remember(key, fresh)
+                    return result
+                row = self._saw_foreign(key, row, fresh)
+                continue
+            claim = self._own and not self._closing and (
+                mine or now - self._foreign.get(key, -OWN_COOL_OFF_S) >= OWN_COOL_OFF_S)
+            until = now + OWN_LEASE_S if claim else 0.0
+            record = await self._writes.submit(_Write(
+                provider, account, new_state, row.version, self._me if claim else None, until))
+            if record["written"] is not None:
+                wanted = bool(record["wanted"]) and mine  # a new owner clears the flag
+                self._remember(key, Row(record["written"], new_state, self._me if claim else None, until, wanted))
+                if claim:
+                    self._hold(key, until, wanted=wanted)
+                else:
+                    self._owned.pop(key, None)
+                return result
+            fresh = await self._fetch(provider, account) if record["version"] is None else _row(record)
+            row = self._saw_foreign(key, row, fresh)
         raise NetworkError(f"rate-limit store: {provider} {account} changed {MAX_ROUNDS} times under us")
+
+    def _saw_foreign(self, key: tuple[str, str], row: Row, fresh: Row) -> Row:
+        """Another writer changed the row under us: no owning it for a while, and an owner's
+        copy keeps the send times it granted. Returns the row to compute from (remembered)."""
+        self._foreign[key] = self._clock()
+        if self._owned.pop(key, None) is not None:
+            log.warning("rate_limit_ownership_lost", provider=key[0], taken=fresh.owner is not None)
+            fresh = replace(fresh, state=merged(row.state, fresh.state))
+        self._remember(key, fresh)
+        return fresh
+
+    def _hold(self, key: tuple[str, str], until: float, *, wanted: bool) -> None:
+        owned = self._owned.get(key)
+        if owned is None:
+            self._owned[key] = _Owned(until, self._clock(), wanted)
+        else:
+            owned.until, owned.wanted = until, wanted
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.get_running_loop().create_task(self._keep())
+
+    async def _wait_for_owner(self, key: tuple[str, str], row: Row) -> Row:
+        """The row has a live owner: ask it to let go and wait until it has, or until its
+        lease ran out. The owner may be this process, having given the account up after a
+        failed renewal: the sends it granted and did not write end with that lease.
+        Returns the row as it is then."""
+        provider, account = key
+        deadline = self._clock() + HANDOVER_MAX_S
+        while True:
+            now = self._clock()
+            if row.owner is None or row.owner_until <= now:
+                self._remember(key, row)
+                return row
+            if now > deadline:
+                raise NetworkError(
+                    f"rate-limit store: {provider} {account} is held by another process that"
+                    f" did not let go within {HANDOVER_MAX_S:.0f}s")
+            if row.owner == self._me:
+                await asyncio.sleep(row.owner_until - now)
+            else:
+                self._foreign[key] = now
+                if not row.wanted:
+                    await self._pool.execute(_WANT, provider, account, row.owner, timeout=COMMAND_TIMEOUT_S)
+                await asyncio.sleep(HANDOVER_POLL_S)
+            row = await self._fetch(provider, account)
+
+    async def _keep(self) -> None:
+        """Renew the leases of the accounts in use, all in one statement; let go of those
+        another process wants or nobody here used lately."""
+        while self._owned and not self._closing:
+            await asyncio.sleep(OWN_RENEW_S)
+            keys = list(self._owned)
+            results = await asyncio.gather(*(self._renew(key) for key in keys), return_exceptions=True)
+            for key, result in zip(keys, results, strict=True):
+                if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                    log.warning("rate_limit_renew_failed", provider=key[0], error=result.__class__.__name__)
+
+    async def _renew(self, key: tuple[str, str], *, let_go: bool = False) -> None:
+        turn = self._turn(key)
+        turn.users += 1
+        try:
+            async with turn.lock:
+                owned = self._owned.get(key)
+                if owned is None:
+                    return
+                now = self._clock()
+                if owned.until <= now:  # lapsed (a stalled loop or a slow database): start over
+                    self._drop(key)
+                    return
+                row = self._known[key]
+                let_go = let_go or self._closing or owned.wanted or now - owned.used >= OWN_IDLE_S
+                until = 0.0 if let_go else now + OWN_LEASE_S
+                record = await self._writes.submit(_Write(
+                    key[0], key[1], row.state, row.version, None if let_go else self._me, until))
+                if record["written"] is None:  # a hand-made UPDATE, or taken after a stall
+                    self._saw_foreign(key, row, await self._fetch(*key) if record["version"] is None
+                                      else _row(record))
+                    return
+                if let_go:
+                    if owned.wanted:
+                        self.handovers += 1
+                        self._foreign[key] = now
+                    self._owned.pop(key, None)
+                    self._remember(key, Row(record["written"], row.state))
+                    return
+                owned.until, owned.wanted = until, bool(record["wanted"])
+                self._remember(key, Row(record["written"], row.state, self._me, until, owned.wanted))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+            self._drop(key)
+            raise
+        finally:
+            turn.users -= 1
+
+    async def close(self) -> None:
+        """Write back and let go of every owned account, so another process need not wait
+        for the leases to run out (a crash leaves them to run out, OWN_LEASE_S at most)."""
+        self._closing = True
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        results = await asyncio.gather(*(self._renew(key, let_go=True) for key in list(self._owned)),
+                                       return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            log.warning("rate_limit_let_go_failed", accounts=len(failed), error=failed[0].__class__.__name__)
 
     async def _write_many(self, writes: list[_Write]) -> list[Mapping[str, Any]]:
         """Compare-and-set the accounts of concurrent grants in one statement, in key order
@@ -152,7 +395,7 @@ class PostgresBucketStore:
                 w = writes[0]
                 row = await conn.fetchrow(
                     _COMPARE_AND_SET_ONE, w.provider, w.account, state_to_json(w.state),
-                    w.state.paused_until, w.version, timeout=COMMAND_TIMEOUT_S,
+                    w.state.paused_until, w.version, w.owner, w.owner_until, timeout=COMMAND_TIMEOUT_S,
                 )
                 return [row or {"written": None, "version": None}]  # the row is gone: fetched again
             ordered = sorted(writes, key=lambda w: (w.provider, w.account))
@@ -167,6 +410,8 @@ class PostgresBucketStore:
                 [state_to_json(w.state) for w in ordered],
                 [w.state.paused_until for w in ordered],
                 [w.version for w in ordered],
+                [w.owner for w in ordered],
+                [w.owner_until for w in ordered],
                 timeout=COMMAND_TIMEOUT_S,
             )
         by_key = {(row["provider"], row["account"]): row for row in rows}
@@ -174,23 +419,39 @@ class PostgresBucketStore:
 
     async def read(self, provider: str, account: str) -> BucketState:
         """The current state; raises NetworkError when PostgreSQL fails."""
+        key = (provider, account)
+        owned = self._owned.get(key)
+        if owned is not None and owned.until > self._clock():
+            return self._known[key].state
         try:
             row = await self._pool.fetchrow(_SELECT, provider, account, timeout=COMMAND_TIMEOUT_S)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise NetworkError(f"rate-limit store failed: {exc.__class__.__name__}") from exc
         return BucketState() if row is None else state_from_json(row["state"], row["paused_until"])
 
-    def _remember(self, key: tuple[str, str], known: Known) -> None:
+    def _turn(self, key: tuple[str, str]) -> _Turn:
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = _Turn()
+        return turn
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        """Forget our copy (read again next time); an owned account is given up locally."""
+        self._known.pop(key, None)
+        self._owned.pop(key, None)
+
+    def _remember(self, key: tuple[str, str], known: Row) -> None:
         if len(self._known) >= KNOWN_MAX and key not in self._known:
-            self._known.clear()
-            self._turns = {k: turn for k, turn in self._turns.items() if turn.users}
+            self._known = {k: row for k, row in self._known.items() if k in self._owned}
+            self._foreign.clear()
+            self._turns = {k: turn for k, turn in self._turns.items() if turn.users or k in self._owned}
         self._known[key] = known
 
-    async def _fetch(self, provider: str, account: str) -> Known:
+    async def _fetch(self, provider: str, account: str) -> Row:
         """The row as it is now, created empty on first use of the account."""
         async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             row = await conn.fetchrow(_SELECT, provider, account, timeout=COMMAND_TIMEOUT_S)
             if row is None:
                 await conn.execute(_INSERT, provider, account, timeout=COMMAND_TIMEOUT_S)
                 row = await conn.fetchrow(_SELECT, provider, account, timeout=COMMAND_TIMEOUT_S)
-        return row["version"], state_from_json(row["state"], row["paused_until"])
+        return _row(row)

@@ -30,7 +30,8 @@ from service.limiter import Limits, RateLimiter
 
 async def main(args):
     async with open_pool(args["dsn"], min_size=1, max_size=args.get("tasks", 1) + 1) as pool:
-        limiter = RateLimiter(PostgresBucketStore(pool), lease_ttl_s=args.get("ttl", 30.0))
+        store = PostgresBucketStore(pool, own=args.get("own", False))
+        limiter = RateLimiter(store, lease_ttl_s=args.get("ttl", 30.0))
         limits = Limits(**args["limits"])
         if args["mode"] == "hold":
             async with limiter.acquire("quickbooks", args["account"], limits, max_wait_s=5):
@@ -44,6 +45,7 @@ async def main(args):
                 async with limiter.acquire("stripe", args["account"], limits, max_wait_s=30):
                     stamps.append(time.time())
         await asyncio.gather(*(loop() for _ in range(args["tasks"])))
+        await store.close()
         print(json.dumps(stamps), flush=True)
 
 asyncio.run(main(json.loads(sys.argv[1])))
@@ -94,20 +96,24 @@ async def wait_until(moment: float) -> None:
     await eventually(lambda: time.time() >= moment, timeout=30, interval=0.005, what="start time")
 
 
-async def test_processes_and_tasks_share_one_accounts_quota(services: Any, pool: Any) -> None:
-    """Two processes and four local tasks together never exceed 20 calls in any second."""
+@pytest.mark.parametrize("own", [False, True], ids=["shared", "owning"])
+async def test_processes_and_tasks_share_one_accounts_quota(services: Any, pool: Any, own: bool) -> None:
+    """Two processes and four local tasks together never exceed 20 calls in any second,
+    whether each may own the account while alone on it or not."""
     account, other = f"acct-{uuid.uuid4().hex[:8]}", f"acct-{uuid.uuid4().hex[:8]}"
     limits, quiet = Limits(per_second=20), Limits(per_second=5)
     start_at = time.time() + 2.0
     end_at = start_at + 2.5
     args = {"dsn": services.database_url, "mode": "run", "account": account, "tasks": 3,
-            "limits": {"per_second": 20}, "start_at": start_at, "end_at": end_at}
-    limiter = RateLimiter(PostgresBucketStore(pool))
+            "limits": {"per_second": 20}, "start_at": start_at, "end_at": end_at, "own": own}
+    store = PostgresBucketStore(pool, own=own)
+    limiter = RateLimiter(store)
     async with worker(args) as first, worker(args) as second:
         await wait_until(start_at)
         local = [local_loop(limiter, account, limits, end_at) for _ in range(4)]
         results = await asyncio.gather(*local, quiet_account(limiter, other, quiet), stamps_of(first),
                                        stamps_of(second))
+        await store.close()
     *local_stamps, quiet_waits, first_stamps, second_stamps = results
     stamps = [s for run in local_stamps for s in run] + first_stamps + second_stamps
     assert all(first_stamps) and all(second_stamps) and all(local_stamps)
@@ -127,13 +133,16 @@ async def quiet_account(limiter: RateLimiter, account: str, limits: Limits) -> l
     return waits
 
 
-async def test_penalize_pauses_every_process(services: Any, pool: Any) -> None:
-    """A 429 seen by one process stops the others' grants until Retry-After has passed."""
+@pytest.mark.parametrize("own", [False, True], ids=["shared", "owning"])
+async def test_penalize_pauses_every_process(services: Any, pool: Any, own: bool) -> None:
+    """A 429 seen by one process stops the others' grants until Retry-After has passed
+    (with ownership, the 429 waits for the owner to let go: OWN_RENEW_S and a poll)."""
     account = f"acct-{uuid.uuid4().hex[:8]}"
     start_at = time.time() + 1.5
     args = {"dsn": services.database_url, "mode": "run", "account": account, "tasks": 2,
-            "limits": {"per_second": 20}, "start_at": start_at, "end_at": start_at + 3.0}
-    limiter = RateLimiter(PostgresBucketStore(pool))
+            "limits": {"per_second": 20}, "start_at": start_at, "end_at": start_at + 3.0, "own": own}
+    owning = PostgresBucketStore(pool, own=own)
+    limiter = RateLimiter(owning)
     store = PostgresBucketStore(pool)
     async with worker(args) as first, worker(args) as second:
         await wait_until(start_at + 0.5)
@@ -142,6 +151,7 @@ async def test_penalize_pauses_every_process(services: Any, pool: Any) -> None:
         await limiter.penalize("stripe", account, 1.0)
         done = time.time()
         stamps = await stamps_of(first) + await stamps_of(second)
+        await owning.close()
     assert [s for s in stamps if s < asked]
     assert [] == [s for s in stamps if done + 0.02 <= s < asked + 1.0]
     assert [s for s in stamps if s >= asked + 1.0]
@@ -173,7 +183,8 @@ async def test_a_killed_holders_slot_comes_back(services: Any, pool: Any) -> Non
     assert recovered <= 1.0 + 0.3
 
 
-async def test_stores_with_stale_copies_apply_every_change_once(pool: Any) -> None:
+@pytest.mark.parametrize("own", [False, True], ids=["shared", "owning"])
+async def test_stores_with_stale_copies_apply_every_change_once(pool: Any, own: bool) -> None:
     """Three stores (as in three processes), each keeping its own copy of the row, apply 150
     concurrent changes: every change lands exactly once, computed on the row's latest
     state, and a change that writes nothing is decided on a fresh read, not a stale copy."""
@@ -182,7 +193,7 @@ async def test_stores_with_stale_copies_apply_every_change_once(pool: Any) -> No
     from service.limiter import BucketState
 
     account = f"acct-{uuid.uuid4().hex[:8]}"
-    stores = [PostgresBucketStore(pool) for _ in range(3)]
+    stores = [PostgresBucketStore(pool, own=own) for _ in range(3)]
 
     def bump(state: BucketState) -> tuple[BucketState, int]:
         return replace(state, epoch=state.epoch + 1), state.epoch + 1
@@ -195,6 +206,8 @@ async def test_stores_with_stale_copies_apply_every_change_once(pool: Any) -> No
     for store in stores:  # two of them hold a stale copy: their no-write answer is still current
         assert 150 == await store.update("stripe", account, look)
     assert 150 == (await stores[0].read("stripe", account)).epoch
+    for store in stores:
+        await store.close()
 
 
 async def test_forgetting_accounts_keeps_a_turn_just_handed_to_a_waiter(
@@ -207,6 +220,7 @@ async def test_forgetting_accounts_keeps_a_turn_just_handed_to_a_waiter(
     from dataclasses import replace
 
     from service.database import create_pool, ratelimit
+    from service.database.ratelimit import Row
     from service.limiter import BucketState
 
     monkeypatch.setattr(ratelimit, "KNOWN_MAX", 1)  # any other account remembered forgets
@@ -237,7 +251,7 @@ async def test_forgetting_accounts_keeps_a_turn_just_handed_to_a_waiter(
         store._remember = remembering  # type: ignore[method-assign]
         holder, waiter = asyncio.ensure_future(update()), asyncio.ensure_future(update())
         await handing_over.wait()  # runs after the holder released, before the waiter runs
-        remember(("stripe", f"other-{account}"), (0, BucketState()))  # another account: forget
+        remember(("stripe", f"other-{account}"), Row(0, BucketState()))  # another account: forget
         latecomer = asyncio.ensure_future(update())
         return sorted(await asyncio.gather(holder, waiter, latecomer))
 
@@ -259,7 +273,7 @@ async def test_two_writes_of_one_account_in_one_batch_grant_once(pool: Any) -> N
 
     store = PostgresBucketStore(pool)
     account = f"acct-{uuid.uuid4().hex[:8]}"
-    version, _ = await store._fetch("stripe", account)
+    version = (await store._fetch("stripe", account)).version
     rows = await asyncio.gather(
         *(store._writes.submit(_Write("stripe", account, BucketState(epoch=n), version)) for n in (1, 2)),
         store._writes.submit(_Write("stripe", f"other-{account}", BucketState(), 0)),
@@ -268,7 +282,8 @@ async def test_two_writes_of_one_account_in_one_batch_grant_once(pool: Any) -> N
     assert 1 == (await store.read("stripe", account)).epoch
 
 
-async def test_changes_to_many_accounts_share_statements_and_each_lands_once(pool: Any) -> None:
+@pytest.mark.parametrize("own", [False, True], ids=["shared", "owning"])
+async def test_changes_to_many_accounts_share_statements_and_each_lands_once(pool: Any, own: bool) -> None:
     """Grants for several accounts at the same moment go in one compare-and-set statement;
     three stores writing five accounts at once still apply each change exactly once."""
     from dataclasses import replace
@@ -276,7 +291,7 @@ async def test_changes_to_many_accounts_share_statements_and_each_lands_once(poo
     from service.limiter import BucketState
 
     accounts = [f"acct-{uuid.uuid4().hex[:8]}" for _ in range(5)]
-    stores = [PostgresBucketStore(pool) for _ in range(3)]
+    stores = [PostgresBucketStore(pool, own=own) for _ in range(3)]
 
     def bump(state: BucketState) -> tuple[BucketState, int]:
         return replace(state, epoch=state.epoch + 1), state.epoch + 1
@@ -288,16 +303,19 @@ async def test_changes_to_many_accounts_share_statements_and_each_lands_once(poo
         assert list(range(1, 31)) == mine
         assert 30 == (await stores[0].read("stripe", account)).epoch
     assert any(store._writes.items > store._writes.batches for store in stores)  # statements were shared
+    for store in stores:
+        await store.close()
 
 
-async def test_a_hand_made_update_is_seen_not_overwritten(pool: Any) -> None:
+@pytest.mark.parametrize("own", [False, True], ids=["shared", "owning"])
+async def test_a_hand_made_update_is_seen_not_overwritten(pool: Any, own: bool) -> None:
     """An operator lifting a pause with a plain UPDATE: the next change starts from it."""
     from dataclasses import replace
 
     from service.limiter import BucketState
 
     account = f"acct-{uuid.uuid4().hex[:8]}"
-    store = PostgresBucketStore(pool)
+    store = PostgresBucketStore(pool, own=own)
 
     def pause_long(state: BucketState) -> tuple[BucketState, None]:
         return replace(state, paused_until=time.time() + 3600), None
@@ -311,3 +329,4 @@ async def test_a_hand_made_update_is_seen_not_overwritten(pool: Any) -> None:
     )
     assert 0.0 == await store.update("stripe", account, bump)  # computed on the lifted pause
     assert 0.0 == (await store.read("stripe", account)).paused_until
+    await store.close()

@@ -1,0 +1,158 @@
+"""An account owned by the one process using it: grants without statements, and still safe.
+
+The rules are in service/database/ratelimit.py's docstring. Each test here holds one of
+them to the real PostgreSQL: few statements for a process alone, the quota kept when a
+second process arrives, an owner that stops renewing leaves a row another process can
+start from safely, and ``close()`` lets go at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from service.database import ratelimit
+from service.database.ratelimit import PostgresBucketStore
+from service.limiter import Limits, RateLimiter
+from tests.helpers import eventually
+from tests.integration.test_ratelimit_postgres import busiest_window
+
+_ROW = "SELECT owner, owner_until, version, state FROM rate_limit_buckets WHERE provider = 'stripe' AND account = $1"
+
+
+async def grant_for(limiter: RateLimiter, account: str, limits: Limits, *, tasks: int, until: float,
+                    stamps: list[float]) -> None:
+    """``tasks`` loops acquiring on ``account`` until the wall clock passes ``until``."""
+    async def loop() -> None:
+        while time.time() < until:
+            async with limiter.acquire("stripe", account, limits, max_wait_s=30):
+                stamps.append(time.time())
+
+    await asyncio.gather(*(loop() for _ in range(tasks)))
+
+
+async def test_a_process_alone_grants_from_its_own_copy(pool: Any) -> None:
+    """300 grants cost a write per renewal (every 50 ms), not one each; the quota holds;
+    ``close()`` writes the copy back and lets go, so the next process waits for nothing
+    but the spacing of what was granted."""
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    limits = Limits(per_second=200)
+    store = PostgresBucketStore(pool, own=True)
+    stamps: list[float] = []
+    started = time.time()
+    await grant_for(RateLimiter(store), account, limits, tasks=8, until=started + 1.5, stamps=stamps)
+    assert len(stamps) >= 200
+    writes = store._writes.items
+    assert writes <= 1 + (time.time() - started) / ratelimit.OWN_RENEW_S + 2
+    assert writes < len(stamps) / 5
+    assert busiest_window(stamps, 1.0) <= 200
+    owner = (await pool.fetchrow(_ROW, account))["owner"]
+    assert owner is not None
+
+    await store.close()
+    row = await pool.fetchrow(_ROW, account)
+    assert row["owner"] is None
+    other = RateLimiter(PostgresBucketStore(pool, own=True))
+    async with other.acquire("stripe", account, limits, max_wait_s=5):
+        first = time.time()
+    assert first - max(stamps) >= 1 / 200 - 0.002  # the copy written back: spaced after the last
+    assert first - max(stamps) < 0.3  # and no wait for a lease to run out
+
+
+async def test_a_second_process_gets_the_account_and_the_quota_holds(pool: Any) -> None:
+    """An owner saturating the account; a second process arrives and asks for it: the owner
+    lets go, both then share it by compare-and-set, and together they stay within it."""
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    limits = Limits(per_second=50)
+    first_store, second_store = PostgresBucketStore(pool, own=True), PostgresBucketStore(pool, own=True)
+    first, second = RateLimiter(first_store), RateLimiter(second_store)
+    start = time.time()
+    mine: list[float] = []
+    theirs: list[float] = []
+    owner_run = asyncio.ensure_future(
+        grant_for(first, account, limits, tasks=4, until=start + 3.0, stamps=mine))
+    await eventually(lambda: first_store._owned, timeout=5, interval=0.01, what="the account owned")
+    asked = time.time()
+    await grant_for(second, account, limits, tasks=4, until=start + 3.0, stamps=theirs)
+    await owner_run
+    await first_store.close()
+    await second_store.close()
+    assert first_store.handovers >= 1
+    assert theirs and min(theirs) - asked < 0.5  # the owner let go well within its lease
+    both = mine + theirs
+    assert busiest_window(both, 1.0) <= 50
+    steady = [s for s in both if start + 0.5 <= s < start + 2.5]
+    assert len(steady) / (2.0 * 50) >= 0.8
+
+
+async def test_an_owner_that_stops_renewing_leaves_a_safe_row(pool: Any) -> None:
+    """An owner stalls: it neither renews nor writes back, and its tasks still send what
+    they reserved. With 20 tasks on a 20/s account its reservations run a second ahead,
+    past its lease: those were written through, so the process that takes the account
+    after the lease ran out starts after them and the quota holds across the two."""
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    limits = Limits(per_second=20)
+    stalled_store = PostgresBucketStore(pool, own=True)
+    stalled = RateLimiter(stalled_store)
+    stamps: list[float] = []
+    stop_asking = time.time() + 1.0
+    run = asyncio.ensure_future(grant_for(stalled, account, limits, tasks=20, until=stop_asking, stamps=stamps))
+    await eventually(lambda: stalled_store._owned, timeout=5, interval=0.01, what="the account owned")
+    while time.time() < stop_asking - 0.3:
+        await asyncio.sleep(0.01)
+    keeper = stalled_store._keeper
+    assert keeper is not None
+    keeper.cancel()  # no more renewals: the lease runs out unless written through
+    stalled_store._keeper = asyncio.get_running_loop().create_future()  # type: ignore[assignment]  # never restarted
+    taker = RateLimiter(PostgresBucketStore(pool, own=True))
+    taken: list[float] = []
+    await asyncio.gather(run, grant_for(taker, account, limits, tasks=2, until=time.time() + 2.0, stamps=taken))
+    assert taken and max(stamps) > stop_asking  # sends reserved past the lease went out
+    assert busiest_window(stamps + taken, 1.0) <= 20
+
+
+async def test_a_lease_given_up_on_a_failed_renewal_is_waited_out(pool: Any) -> None:
+    """A process whose renewal failed drops its copy; the row still names it owner until
+    the lease ends. Its next grant waits that out instead of starting from the row (which
+    lacks the sends it granted locally)."""
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    limits = Limits(per_second=100)
+    store = PostgresBucketStore(pool, own=True)
+    limiter = RateLimiter(store)
+    stamps: list[float] = []
+    await grant_for(limiter, account, limits, tasks=4, until=time.time() + 0.3, stamps=stamps)
+    key = ("stripe", account)
+    assert key in store._owned
+    keeper = store._keeper
+    assert keeper is not None
+    keeper.cancel()
+    store._drop(key)  # what a failed renewal does
+    row = await pool.fetchrow(_ROW, account)
+    assert row["owner_until"] > time.time()
+    async with limiter.acquire("stripe", account, limits, max_wait_s=5):
+        granted = time.time()
+    assert granted >= row["owner_until"]
+    assert granted - max(stamps) >= 1 / 100
+    await store.close()
+
+
+async def test_an_operator_update_reaches_an_owner(pool: Any) -> None:
+    """An operator lifts a pause with a plain UPDATE while a process owns the account: the
+    owner's next renewal loses to it, and its grants start from the lifted pause."""
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    limits = Limits(per_second=100)
+    store = PostgresBucketStore(pool, own=True)
+    limiter = RateLimiter(store)
+    async with limiter.acquire("stripe", account, limits, max_wait_s=1):
+        pass
+    await limiter.penalize("stripe", account, 3600)
+    assert ("stripe", account) in store._owned
+    await pool.execute("UPDATE rate_limit_buckets SET paused_until = 0 WHERE provider = 'stripe' AND account = $1",
+                       account)
+    await eventually(lambda: ("stripe", account) not in store._owned, timeout=5, interval=0.01,
+                     what="the owner losing the row")
+    async with limiter.acquire("stripe", account, limits, max_wait_s=1):
+        pass
+    await store.close()
