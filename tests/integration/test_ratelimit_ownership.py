@@ -100,8 +100,7 @@ async def test_an_owner_that_stops_renewing_leaves_a_safe_row(pool: Any) -> None
     stop_asking = time.time() + 1.0
     run = asyncio.ensure_future(grant_for(stalled, account, limits, tasks=20, until=stop_asking, stamps=stamps))
     await eventually(lambda: stalled_store._owned, timeout=5, interval=0.01, what="the account owned")
-    while time.time() < stop_asking - 0.3:
-        await asyncio.sleep(0.01)
+    await asyncio.sleep(max(0.0, stop_asking - 0.3 - time.time()))  # the stall begins here
     keeper = stalled_store._keeper
     assert keeper is not None
     keeper.cancel()  # no more renewals: the lease runs out unless written through
