@@ -1,6 +1,8 @@
 """Benchmark of the shared rate limiter against aiolimiter; prints one JSON object.
 
-For one and for three worker processes saturating one account (Stripe live, 100/s), every
+For one and for three worker processes saturating one account (Stripe live, 100/s), with
+the shared store by compare-and-set (``postgres``) and with the account owned by the
+process alone on it (``owning``, the daemon's setting), every
 granted call sends a UDP datagram to a sink in this process, which stands in for the
 provider and stamps arrivals. Reported per scenario: the busiest one-second window of
 arrivals divided by the quota (target <= 1.0), utilisation under saturation (target
@@ -58,8 +60,8 @@ async def worker(args: dict[str, Any]) -> dict[str, Any]:
     provider = "quickbooks" if args["kind"] == "quickbooks" else "stripe"
     # The row lock serialises one account anyway: more connections would only crowd PostgreSQL.
     async with open_pool(args["dsn"], min_size=2, max_size=4, relaxed=True) as pool:
-        limiter = RateLimiter(PostgresBucketStore(pool), margin_s=args["margin_s"],
-                              late_tolerance_s=args["late_tolerance_s"])
+        store = PostgresBucketStore(pool, own=args["kind"] in ("owning", "quickbooks"))  # the daemon owns
+        limiter = RateLimiter(store, margin_s=args["margin_s"], late_tolerance_s=args["late_tolerance_s"])
         aio = AsyncLimiter(QUOTA, 1)
         limits = limits_for(provider)
         gate = (lambda: aio) if args["kind"] == "aiolimiter" else (
@@ -75,7 +77,8 @@ async def worker(args: dict[str, Any]) -> dict[str, Any]:
                     sink.sendto(b"-", address)
 
         await asyncio.gather(*(call_loop() for _ in range(args["tasks"])))
-    return {"redone": limiter.redone}
+        await store.close()
+    return {"redone": limiter.redone, "handovers": store.handovers}
 
 
 # --- the provider stand-in --------------------------------------------------------------
@@ -132,7 +135,8 @@ async def scenario(kind: str, processes: int, *, dsn: str, options: argparse.Nam
     transport.close()
     if any(p.returncode for p in procs):
         raise RuntimeError(f"a {kind} worker failed; its traceback is above")
-    redone = sum(json.loads(out.decode().splitlines()[-1])["redone"] for out, _ in outputs)
+    reports = [json.loads(out.decode().splitlines()[-1]) for out, _ in outputs]
+    redone = sum(report["redone"] for report in reports)
     steady = [t for t in sink.arrivals if start_at + 0.5 <= t < end_at - 0.5]
     quota = 10 if kind == "quickbooks" else QUOTA
     result = {
@@ -141,6 +145,8 @@ async def scenario(kind: str, processes: int, *, dsn: str, options: argparse.Nam
         "utilisation": round(len(steady) / ((seconds - 1.0) * quota), 4),
         "redone_reservations": redone,
     }
+    if kind == "owning":  # accounts let go because another process asked for them
+        result["handovers"] = sum(report["handovers"] for report in reports)
     if kind == "quickbooks":  # throughput is capped by 10 in flight, not by the rate: show the cap
         del result["utilisation"]
         result["peak_in_flight"] = sink.peak_in_flight
@@ -171,6 +177,8 @@ async def latencies(pool: asyncpg.Pool) -> dict[str, Any]:
     """One uncontended acquire: a quota so high that nobody waits."""
     fast, capped = Limits(per_second=1e9), Limits(per_second=1e9, concurrency=10)
     shared = RateLimiter(PostgresBucketStore(pool))
+    owning_store = PostgresBucketStore(pool, own=True)
+    owning = RateLimiter(owning_store)
     local = RateLimiter(MemoryBucketStore())
     aio = AsyncLimiter(1e9, 1)
     result = {
@@ -179,9 +187,12 @@ async def latencies(pool: asyncpg.Pool) -> dict[str, Any]:
         "postgres_store": await timed(lambda: shared.acquire("stripe", "a", fast, max_wait_s=1)),
         "postgres_store_with_concurrency_lease": await timed(
             lambda: shared.acquire("quickbooks", "r", capped, max_wait_s=1)),
+        "postgres_store_owning": await timed(lambda: owning.acquire("stripe", "o", fast, max_wait_s=1)),
     }
+    await owning_store.close()
     base = result["aiolimiter"]
-    for name in ("memory_store", "postgres_store", "postgres_store_with_concurrency_lease"):
+    for name in ("memory_store", "postgres_store", "postgres_store_with_concurrency_lease",
+                 "postgres_store_owning"):
         result[name]["p50_ratio_to_aiolimiter"] = round(result[name]["p50_ms"] / base["p50_ms"], 1)
         result[name]["p99_ratio_to_aiolimiter"] = round(result[name]["p99_ms"] / base["p99_ms"], 1)
     return result
@@ -222,7 +233,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=16)
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN_S, help="seconds")
     parser.add_argument("--late-tolerance", type=float, default=LATE_TOLERANCE_S, help="seconds")
-    parser.add_argument("--kinds", default="postgres,aiolimiter,quickbooks", help="comma-separated")
+    parser.add_argument("--kinds", default="postgres,owning,aiolimiter,quickbooks", help="comma-separated")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.worker:

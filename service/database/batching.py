@@ -46,11 +46,16 @@ class Coalescer(Generic[I, R]):
 
     async def submit(self, item: I) -> R:
         """This item's result, once the batch that carries it has run."""
+        return await self.enqueue(item)
+
+    def enqueue(self, item: I) -> asyncio.Future[R]:
+        """The future of this item's result. Cancelling the future does not take the item
+        out of its batch: a caller that must know whether it ran shields the future."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
         if self._runner is None:  # its own context: its log lines are no caller's (no job_id)
             self._runner = asyncio.get_running_loop().create_task(self._run(), context=contextvars.Context())
-        return await future
+        return future
 
     async def _run(self) -> None:
         try:

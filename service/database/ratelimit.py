@@ -16,29 +16,38 @@ bucket lost in a database crash only forgets the last instants of spacing.
 Owning an account (``own=True``, the daemon's setting). A process that is alone on an
 account takes it for a short lease (``owner``, ``owner_until`` on the row) and then grants
 from its own copy with no statement at all; one statement every ``OWN_RENEW_S`` renews the
-leases of all the accounts it owns. Three rules keep this as safe as the compare-and-set:
+leases of all the accounts it owns, writing its copies back. Three rules keep this as safe
+as the compare-and-set:
 
 - *Nobody else writes an owned row.* A process that needs an account another one owns sets
-  the row's ``wanted`` flag and waits; the owner sees the flag on its next renewal, writes
-  its copy back and lets go. Both then share the account by compare-and-set, and neither
-  takes it again until ``OWN_COOL_OFF_S`` has passed without the other's writes.
-- *What is not written cannot outlive the lease.* Granted locally are only the send times
-  before the lease ends (the new TAT at or before ``owner_until``); changes to concurrency
-  slots, pauses and later send times are written through. So when an owner dies (or stalls
-  past its lease) without writing back, every send it granted and did not write is over by
+  the row's ``wanted`` flag and waits; the owner's next write (its renewal at the latest)
+  writes its copy back and lets go in the same statement. Both then share the account by
+  compare-and-set, and neither takes it again until ``OWN_COOL_OFF_S`` has passed without
+  the other's writes.
+- *What is not written cannot outlive the lease.* Granted locally are only send times up to
+  ``OWN_SAFETY_S`` before the lease ends; changes to concurrency slots, pauses and later
+  send times are written through. So when an owner dies (or stalls past its lease, or its
+  write failed) without writing back, every send it granted and did not write is over by
   the time another process may take the row, and the state on the row is a safe start.
-- *Local grants stop ``OWN_SAFETY_S`` before the lease ends*, a margin for a renewal in
-  flight and for clock skew between hosts (which the spacing's margin already assumes small).
+- *Local grants stop ``OWN_SAFETY_S`` before the lease ends*, and so do the sends they
+  reserve: that margin covers a renewal in flight and clock skew between hosts (leases are
+  on each process's ``time.time()``, like the send times; hosts need NTP).
 
-Accounts used by several processes at once therefore cost what they cost before, one
-statement per grant; an account one process has to itself costs a statement every 50 ms
-(shared with every other account it owns) instead of one per call.
+An owner that loses its row anyway (a hand-made UPDATE, which bumps the version) keeps the
+send times it granted on top of the row's state. Two things an owner cannot see: a process
+of a version before ownership, which writes by compare-and-set alone (during a rolling
+upgrade, grants of the last renewal period, 50 ms, can be doubled once per cool-off), and
+an operator clearing ``owner`` by hand (never needed: lift a pause with ``paused_until``).
+Accounts used by several processes at once cost what they cost before, one statement per
+grant, and so do accounts with a concurrency cap (every slot is written through, so
+nothing is gained by owning them); an account one process has to itself costs a statement
+every 50 ms, shared with every other account it owns, instead of one per call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import contextvars
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -75,13 +84,15 @@ _INSERT = (
     " ON CONFLICT (provider, account) DO NOTHING"
 )
 # Ask the owner to let go; changes nothing else, so the trigger leaves the version alone.
+# The owner's next write (a renewal at the latest) then lets go in the same statement.
 _WANT = (
     "UPDATE rate_limit_buckets SET wanted = true"
     " WHERE provider = $1 AND account = $2 AND owner = $3 AND NOT wanted"
 )
 # Each row is written only if still at the version the caller computed from; every row
 # comes back as this statement saw it (its snapshot), so a loser recomputes at once.
-# ``wanted`` is cleared whenever the owner changes and kept while the owner renews.
+# An owner renewing a row another process wants lets go instead (``owner`` NULL), and
+# ``written_owner`` tells it so; every write clears ``wanted``.
 # One account alone (the quiet case) has its own statement: on a pool without generic plans
 # PostgreSQL plans the array form afresh on every call, which costs more than the write
 # (0.24 vs 0.65 ms here); the daemon's pools now keep generic plans, where the single-row
@@ -91,13 +102,14 @@ _COMPARE_AND_SET_ONE = """
     written AS (
         UPDATE rate_limit_buckets
         SET state = $3::text::jsonb, paused_until = $4, version = version + 1, updated_at = now(),
-            wanted = CASE WHEN owner IS DISTINCT FROM $6::text THEN false ELSE wanted END,
-            owner = $6::text, owner_until = $7
+            owner = CASE WHEN wanted AND owner = $6::text THEN NULL ELSE $6::text END,
+            owner_until = CASE WHEN wanted AND owner = $6::text THEN 0 ELSE $7::float8 END,
+            wanted = false
         WHERE provider = $1 AND account = $2 AND version = $5
-        RETURNING version
+        RETURNING version, owner
     )
-    SELECT (SELECT version FROM written) AS written, version, state, paused_until, owner,
-        owner_until, wanted
+    SELECT (SELECT version FROM written) AS written, (SELECT owner FROM written) AS written_owner,
+        version, state, paused_until, owner, owner_until, wanted
     FROM current
 """
 _COMPARE_AND_SET = """
@@ -109,14 +121,15 @@ _COMPARE_AND_SET = """
         UPDATE rate_limit_buckets AS b
         SET state = i.state::jsonb, paused_until = i.paused_until, version = b.version + 1,
             updated_at = now(),
-            wanted = CASE WHEN b.owner IS DISTINCT FROM i.owner THEN false ELSE b.wanted END,
-            owner = i.owner, owner_until = i.owner_until
+            owner = CASE WHEN b.wanted AND b.owner = i.owner THEN NULL ELSE i.owner END,
+            owner_until = CASE WHEN b.wanted AND b.owner = i.owner THEN 0 ELSE i.owner_until END,
+            wanted = false
         FROM input AS i
         WHERE b.provider = i.provider AND b.account = i.account AND b.version = i.version
-        RETURNING b.provider, b.account, b.version
+        RETURNING b.provider, b.account, b.version, b.owner
     )
-    SELECT i.provider, i.account, w.version AS written, b.version, b.state::text AS state,
-        b.paused_until, b.owner, b.owner_until, b.wanted
+    SELECT i.provider, i.account, w.version AS written, w.owner AS written_owner, b.version,
+        b.state::text AS state, b.paused_until, b.owner, b.owner_until, b.wanted
     FROM input AS i
     LEFT JOIN written AS w ON w.provider = i.provider AND w.account = i.account
     LEFT JOIN rate_limit_buckets AS b ON b.provider = i.provider AND b.account = i.account
@@ -160,7 +173,6 @@ class _Owned:
 
     until: float
     used: float
-    wanted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +186,9 @@ class _Write:
 
 
 def local_ok(state: BucketState, new_state: BucketState, until: float) -> bool:
-    """May an owner keep this change to itself? Only new send times before its lease ends:
-    slots, pauses and epochs must be on the row in case the owner dies."""
+    """May an owner keep this change to itself? Only new send times up to ``until`` (its
+    lease's end less OWN_SAFETY_S): slots, pauses and epochs must be on the row in case
+    the owner dies, and so must later send times."""
     if (new_state.leases != state.leases or new_state.paused_until != state.paused_until
             or new_state.epoch != state.epoch):
         return False
@@ -226,13 +239,15 @@ class PostgresBucketStore:
         try:
             async with turn.lock:
                 owned = self._owned.get(key)
-                if owned is not None and owned.until - OWN_SAFETY_S > self._clock():
-                    row = self._known[key]
-                    new_state, result = change(row.state)
-                    if new_state == row.state or local_ok(row.state, new_state, owned.until):
-                        owned.used = self._clock()
-                        self._known[key] = replace(row, state=new_state)
-                        return result
+                if owned is not None:
+                    now = self._clock()
+                    if owned.until - OWN_SAFETY_S > now:
+                        row = self._known[key]
+                        new_state, result = change(row.state)
+                        if new_state == row.state or local_ok(row.state, new_state, owned.until - OWN_SAFETY_S):
+                            owned.used = now
+                            self._known[key] = replace(row, state=new_state)
+                            return result
                 return await self._update_on_row(key, change)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             self._drop(key)
@@ -244,15 +259,16 @@ class PostgresBucketStore:
         self, key: tuple[str, str], change: Callable[[BucketState], tuple[BucketState, T]]
     ) -> T:
         """The compare-and-set rounds (in the account's turn), taking or keeping the lease
-        when this process is alone on the account."""
+        when this process is alone on the account and owning it would save statements."""
         provider, account = key
         row = self._known.get(key) or await self._fetch(provider, account)
+        deadline = self._clock() + HANDOVER_MAX_S
         for _ in range(MAX_ROUNDS):
             now = self._clock()
             owned = self._owned.get(key)
             mine = owned is not None and owned.until > now
             if not mine and row.owner is not None and row.owner_until > now:
-                row = await self._wait_for_owner(key, row)
+                row = await self._wait_for_owner(key, row, deadline)
                 continue
             new_state, result = change(row.state)
             if new_state == row.state:
@@ -264,22 +280,58 @@ class PostgresBucketStore:
                     return result
                 row = self._saw_foreign(key, row, fresh)
                 continue
-            claim = self._own and not self._closing and (
-                mine or now - self._foreign.get(key, -OWN_COOL_OFF_S) >= OWN_COOL_OFF_S)
-            until = now + OWN_LEASE_S if claim else 0.0
-            record = await self._writes.submit(_Write(
-                provider, account, new_state, row.version, self._me if claim else None, until))
+            until = now + OWN_LEASE_S
+            claim = self._own and not self._closing and (mine or (
+                now - self._foreign.get(key, -OWN_COOL_OFF_S) >= OWN_COOL_OFF_S
+                and local_ok(row.state, new_state, until - OWN_SAFETY_S)))  # owning would pay
+            record = await self._write(key, _Write(
+                provider, account, new_state, row.version, self._me if claim else None,
+                until if claim else 0.0))
             if record["written"] is not None:
-                wanted = bool(record["wanted"]) and mine  # a new owner clears the flag
-                self._remember(key, Row(record["written"], new_state, self._me if claim else None, until, wanted))
-                if claim:
-                    self._hold(key, until, wanted=wanted)
-                else:
-                    self._owned.pop(key, None)
+                self._wrote(key, record, new_state, until, used=now)
                 return result
             fresh = await self._fetch(provider, account) if record["version"] is None else _row(record)
             row = self._saw_foreign(key, row, fresh)
         raise NetworkError(f"rate-limit store: {provider} {account} changed {MAX_ROUNDS} times under us")
+
+    async def _write(self, key: tuple[str, str], write: _Write) -> Mapping[str, Any]:
+        """The row after ``write``. A task cancelled meanwhile holds the account's turn
+        until the write has settled (it may still land), forgets its copy, then raises: so
+        nobody here computes from a copy that a landed write has made stale."""
+        pending = self._writes.enqueue(write)
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            try:
+                await asyncio.wait({pending})
+            finally:
+                self._drop(key)
+            raise
+
+    def _wrote(
+        self, key: tuple[str, str], record: Mapping[str, Any], state: BucketState, until: float,
+        *, used: float | None = None,
+    ) -> None:
+        """A write landed: remember the row; own the account if the row now names us, or
+        count a hand-over if the statement let go because another process asked."""
+        owner = record["written_owner"]
+        self._remember(key, Row(record["written"], state, owner, until if owner else 0.0))
+        owned = self._owned.get(key)
+        if owner != self._me:
+            if owned is not None:
+                del self._owned[key]
+                if record["owner"] == self._me and record["wanted"]:
+                    self.handovers += 1
+                    self._foreign[key] = self._clock()
+            return
+        if owned is None:
+            self._owned[key] = _Owned(until, used if used is not None else self._clock())
+        else:
+            owned.until = until
+            if used is not None:
+                owned.used = used
+        if self._keeper is None or self._keeper.done():  # its own context: no caller's job_id in its logs
+            self._keeper = asyncio.get_running_loop().create_task(self._keep(), context=contextvars.Context())
 
     def _saw_foreign(self, key: tuple[str, str], row: Row, fresh: Row) -> Row:
         """Another writer changed the row under us: no owning it for a while, and an owner's
@@ -291,22 +343,12 @@ class PostgresBucketStore:
         self._remember(key, fresh)
         return fresh
 
-    def _hold(self, key: tuple[str, str], until: float, *, wanted: bool) -> None:
-        owned = self._owned.get(key)
-        if owned is None:
-            self._owned[key] = _Owned(until, self._clock(), wanted)
-        else:
-            owned.until, owned.wanted = until, wanted
-        if self._keeper is None or self._keeper.done():
-            self._keeper = asyncio.get_running_loop().create_task(self._keep())
-
-    async def _wait_for_owner(self, key: tuple[str, str], row: Row) -> Row:
+    async def _wait_for_owner(self, key: tuple[str, str], row: Row, deadline: float) -> Row:
         """The row has a live owner: ask it to let go and wait until it has, or until its
         lease ran out. The owner may be this process, having given the account up after a
-        failed renewal: the sends it granted and did not write end with that lease.
-        Returns the row as it is then."""
+        failed or cancelled write: the sends it granted and did not write end with that
+        lease. Returns the row as it is then."""
         provider, account = key
-        deadline = self._clock() + HANDOVER_MAX_S
         while True:
             now = self._clock()
             if row.owner is None or row.owner_until <= now:
@@ -326,17 +368,20 @@ class PostgresBucketStore:
             row = await self._fetch(provider, account)
 
     async def _keep(self) -> None:
-        """Renew the leases of the accounts in use, all in one statement; let go of those
-        another process wants or nobody here used lately."""
+        """Renew the leases of the accounts in use (their writes share statements); let go
+        of those nobody here used lately. An account whose turn is busy is skipped: the task
+        holding it writes the row itself, or the lease runs out (which is safe)."""
         while self._owned and not self._closing:
             await asyncio.sleep(OWN_RENEW_S)
-            keys = list(self._owned)
+            keys = [key for key in self._owned if not self._turn(key).lock.locked()]
             results = await asyncio.gather(*(self._renew(key) for key in keys), return_exceptions=True)
             for key, result in zip(keys, results, strict=True):
-                if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                if isinstance(result, Exception):
                     log.warning("rate_limit_renew_failed", provider=key[0], error=result.__class__.__name__)
 
-    async def _renew(self, key: tuple[str, str], *, let_go: bool = False) -> None:
+    async def _renew(self, key: tuple[str, str]) -> None:
+        """Write an owned account's copy back: renewing its lease, or letting go (closing,
+        unused for OWN_IDLE_S, or wanted by another process: the statement decides that)."""
         turn = self._turn(key)
         turn.users += 1
         try:
@@ -349,23 +394,16 @@ class PostgresBucketStore:
                     self._drop(key)
                     return
                 row = self._known[key]
-                let_go = let_go or self._closing or owned.wanted or now - owned.used >= OWN_IDLE_S
-                until = 0.0 if let_go else now + OWN_LEASE_S
-                record = await self._writes.submit(_Write(
-                    key[0], key[1], row.state, row.version, None if let_go else self._me, until))
+                let_go = self._closing or now - owned.used >= OWN_IDLE_S
+                until = now + OWN_LEASE_S
+                record = await self._write(key, _Write(
+                    key[0], key[1], row.state, row.version, None if let_go else self._me,
+                    0.0 if let_go else until))
                 if record["written"] is None:  # a hand-made UPDATE, or taken after a stall
-                    self._saw_foreign(key, row, await self._fetch(*key) if record["version"] is None
-                                      else _row(record))
+                    fresh = await self._fetch(*key) if record["version"] is None else _row(record)
+                    self._saw_foreign(key, row, fresh)
                     return
-                if let_go:
-                    if owned.wanted:
-                        self.handovers += 1
-                        self._foreign[key] = now
-                    self._owned.pop(key, None)
-                    self._remember(key, Row(record["written"], row.state))
-                    return
-                owned.until, owned.wanted = until, bool(record["wanted"])
-                self._remember(key, Row(record["written"], row.state, self._me, until, owned.wanted))
+                self._wrote(key, record, row.state, until)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
             self._drop(key)
             raise
@@ -374,18 +412,19 @@ class PostgresBucketStore:
 
     async def close(self) -> None:
         """Write back and let go of every owned account, so another process need not wait
-        for the leases to run out (a crash leaves them to run out, OWN_LEASE_S at most)."""
+        for the leases to run out (a crash leaves them to run out, OWN_LEASE_S at most).
+        Call it once nothing acquires any more; a grant after it does not take the account."""
         self._closing = True
-        keeper, self._keeper = self._keeper, None
-        if keeper is not None:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-        results = await asyncio.gather(*(self._renew(key, let_go=True) for key in list(self._owned)),
-                                       return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            log.warning("rate_limit_let_go_failed", accounts=len(failed), error=failed[0].__class__.__name__)
+        if self._keeper is not None:
+            await asyncio.gather(self._keeper, return_exceptions=True)  # ends after its tick
+        for _ in range(3):  # again for an account claimed by a write in flight when close began
+            if not self._owned:
+                break
+            results = await asyncio.gather(*(self._renew(key) for key in list(self._owned)),
+                                           return_exceptions=True)
+            failed = [r for r in results if isinstance(r, Exception)]
+            if failed:
+                log.warning("rate_limit_let_go_failed", accounts=len(failed), error=failed[0].__class__.__name__)
 
     async def _write_many(self, writes: list[_Write]) -> list[Mapping[str, Any]]:
         """Compare-and-set the accounts of concurrent grants in one statement, in key order
@@ -443,7 +482,8 @@ class PostgresBucketStore:
     def _remember(self, key: tuple[str, str], known: Row) -> None:
         if len(self._known) >= KNOWN_MAX and key not in self._known:
             self._known = {k: row for k, row in self._known.items() if k in self._owned}
-            self._foreign.clear()
+            now = self._clock()
+            self._foreign = {k: t for k, t in self._foreign.items() if now - t < OWN_COOL_OFF_S}
             self._turns = {k: turn for k, turn in self._turns.items() if turn.users or k in self._owned}
         self._known[key] = known
 
