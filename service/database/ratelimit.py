@@ -290,8 +290,7 @@ class PostgresBucketStore:
             if record["written"] is not None:
                 self._wrote(key, record, new_state, until, used=now)
                 return result
-            fresh = await self._fetch(provider, account) if record["version"] is None else _row(record)
-            row = self._saw_foreign(key, row, fresh)
+            row = self._saw_foreign(key, row, await self._lost(key, record, row.version))
         raise NetworkError(f"rate-limit store: {provider} {account} changed {MAX_ROUNDS} times under us")
 
     async def _write(self, key: tuple[str, str], write: _Write) -> Mapping[str, Any]:
@@ -332,6 +331,14 @@ class PostgresBucketStore:
                 owned.used = used
         if self._keeper is None or self._keeper.done():  # its own context: no caller's job_id in its logs
             self._keeper = asyncio.get_running_loop().create_task(self._keep(), context=contextvars.Context())
+
+    async def _lost(self, key: tuple[str, str], record: Mapping[str, Any], version: int) -> Row:
+        """The row that beat a compare-and-set. The statement's own snapshot may predate the
+        winning write (its UPDATE waited for the row and then found another version): then,
+        or when the row is gone, read it again, so every lost round loses to a real write."""
+        if record["version"] is None or record["version"] == version:
+            return await self._fetch(*key)
+        return _row(record)
 
     def _saw_foreign(self, key: tuple[str, str], row: Row, fresh: Row) -> Row:
         """Another writer changed the row under us: no owning it for a while, and an owner's
@@ -400,8 +407,7 @@ class PostgresBucketStore:
                     key[0], key[1], row.state, row.version, None if let_go else self._me,
                     0.0 if let_go else until))
                 if record["written"] is None:  # a hand-made UPDATE, or taken after a stall
-                    fresh = await self._fetch(*key) if record["version"] is None else _row(record)
-                    self._saw_foreign(key, row, fresh)
+                    self._saw_foreign(key, row, await self._lost(key, record, row.version))
                     return
                 self._wrote(key, record, row.state, until)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
