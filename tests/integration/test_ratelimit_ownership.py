@@ -188,3 +188,42 @@ async def test_a_write_cancelled_in_flight_is_not_forgotten(pool: Any) -> None:
     assert seen == state_from_json(row["state"], row["paused_until"]).epoch
     assert bumping.cancelled()
     await store.close()
+
+
+async def test_an_owner_killed_with_sigkill_hands_over_a_safe_row(services: Any, pool: Any) -> None:
+    """A worker process owns an account and grants from its own copy; it is killed with
+    SIGKILL mid-run, without a word to the row. This process then waits out the dead
+    owner's lease (0.5 s; the row lags the dead copy by up to a renewal) and carries on:
+    across the two, no second holds more than the quota, and the wait is no longer than
+    the lease."""
+    import json
+    import os
+    import signal
+
+    from tests.integration.test_ratelimit_postgres import worker
+
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    limits = Limits(per_second=20)
+    start_at = time.time() + 1.5
+    args = {"dsn": services.database_url, "mode": "stream", "account": account, "tasks": 2,
+            "limits": {"per_second": 20}, "start_at": start_at, "end_at": start_at + 60, "own": True}
+    theirs: list[float] = []
+    async with worker(args) as owner:
+        assert owner.stdout is not None
+        while len(theirs) < 25:  # a second and more of grants from its own copy
+            line = await asyncio.wait_for(owner.stdout.readline(), timeout=30)
+            assert line, "the worker ended early"
+            theirs.append(float(json.loads(line)))
+        os.kill(owner.pid, signal.SIGKILL)
+        await owner.wait()
+        killed = time.time()
+        rest, _ = await owner.communicate()  # grants printed before the kill
+        theirs += [float(json.loads(line)) for line in rest.decode().split()]
+    row = await pool.fetchrow(_ROW, account)
+    assert row["owner"] is not None  # it owned the account, and its lease is on the row
+    store = PostgresBucketStore(pool, own=True)
+    ours: list[float] = []
+    await grant_for(RateLimiter(store), account, limits, tasks=2, until=time.time() + 1.5, stamps=ours)
+    await store.close()
+    assert ours and row["owner_until"] <= min(ours) <= killed + 0.5 + 0.3  # the lease ran out, no more
+    assert busiest_window(theirs + ours, 1.0) <= 20

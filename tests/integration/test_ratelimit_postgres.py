@@ -21,7 +21,8 @@ from service.limiter import Limits, RateLimiter
 from tests.helpers import eventually
 
 # A worker process: acquires in a loop on one account from start_at to end_at and prints the
-# wall-clock grant times as JSON, or ("hold") takes a concurrency slot and waits to be killed.
+# wall-clock grant times as JSON (at the end, or with "stream" each as it is granted), or
+# ("hold") takes a concurrency slot and waits to be killed.
 WORKER = r"""
 import asyncio, json, sys, time
 from service.database import open_pool
@@ -44,6 +45,8 @@ async def main(args):
             while time.time() < args["end_at"]:
                 async with limiter.acquire("stripe", args["account"], limits, max_wait_s=30):
                     stamps.append(time.time())
+                    if args["mode"] == "stream":  # each grant as it happens: the test may kill us
+                        print(json.dumps(stamps[-1]), flush=True)
         await asyncio.gather(*(loop() for _ in range(args["tasks"])))
         await store.close()
         print(json.dumps(stamps), flush=True)
