@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 import uuid
 from datetime import timedelta
@@ -57,7 +58,7 @@ class AmqpPublisher:
             message_id=message.message_id,
             correlation_id=message.correlation_id,
             reply_to=message.reply_to,
-            headers=message.headers or {},
+            headers=message.headers or None,  # no empty table to encode
             timestamp=utcnow(),
         )
         try:
@@ -126,6 +127,12 @@ class AmqpPublisher:
         )
 
 
+def _suffix() -> str:
+    """What makes one publish's message_id unique beside its job_id: 64 random bits, without
+    uuid4's system call (a job's result is published on every message's hot path)."""
+    return f"{random.getrandbits(64):016x}"
+
+
 class MessageRoutes:
     """Implements ports.Routes: the exchange and routing key of every outgoing message."""
 
@@ -142,7 +149,7 @@ class MessageRoutes:
             exchange=topology.EVENTS_EXCHANGE,
             routing_key=topology.job_result_routing_key(result.status),
             body=result.to_json_bytes(),
-            message_id=f"result-{result.job_id}-{uuid.uuid4()}",
+            message_id=f"result-{result.job_id}-{_suffix()}",
         )
 
     def reply(self, result: JobResult, *, reply_to: str, correlation_id: str | None) -> OutboxMessage:
@@ -150,7 +157,7 @@ class MessageRoutes:
             exchange="",
             routing_key=reply_to,
             body=result.to_json_bytes(),
-            message_id=f"reply-{result.job_id}-{uuid.uuid4()}",
+            message_id=f"reply-{result.job_id}-{_suffix()}",
             correlation_id=correlation_id,
         )
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import time
@@ -166,6 +167,12 @@ def _live_leases(state: BucketState, now: float) -> dict[str, float]:
     return {lease: expiry for lease, expiry in state.leases.items() if expiry > now}
 
 
+@functools.lru_cache(maxsize=1024)
+def _spans(limits: Limits, margin_s: float) -> tuple[tuple[str, int, float], ...]:
+    """(window key, burst, grant interval) of each window: worked out once per Limits."""
+    return tuple((w.key, w.burst, w.interval_s(margin_s)) for w in windows(limits))
+
+
 def reserve(
     state: BucketState, *, now: float, limits: Limits, margin_s: float, max_wait_s: float,
     lease: str | None = None, lease_ttl_s: float = LEASE_TTL_S,
@@ -175,22 +182,22 @@ def reserve(
     full = limits.concurrency is not None and len(leases) >= limits.concurrency
     if lease is not None and lease not in leases and full:
         return replace(state, leases=leases), Decision("no_slot")
-    spans = [(w, w.interval_s(margin_s)) for w in windows(limits)]
+    spans = _spans(limits, margin_s)
     at = max(now, state.paused_until)
-    for w, interval in spans:
-        tat, _ = state.tat.get(w.key, (0.0, 0.0))
-        at = max(at, tat - w.burst * interval)
+    for key, burst, interval in spans:
+        tat, _ = state.tat.get(key, (0.0, 0.0))
+        at = max(at, tat - burst * interval)
     if at - now > max_wait_s:
         return replace(state, leases=leases), Decision("too_long", at=at, wait_s=at - now)
     tat_after = dict(state.tat)
     tokens = math.inf
-    for w, interval in spans:
-        new_tat = max(state.tat.get(w.key, (0.0, 0.0))[0], at) + interval
-        tat_after[w.key] = (new_tat, (w.burst + 1) * interval)
-        tokens = min(tokens, max(0.0, (now + (w.burst + 1) * interval - new_tat) / interval))
+    for key, burst, interval in spans:
+        new_tat = max(state.tat.get(key, (0.0, 0.0))[0], at) + interval
+        tat_after[key] = (new_tat, (burst + 1) * interval)
+        tokens = min(tokens, max(0.0, (now + (burst + 1) * interval - new_tat) / interval))
     if lease is not None:
         leases[lease] = at + lease_ttl_s
-    new_state = replace(state, tat=tat_after, leases=leases)
+    new_state = BucketState(tat_after, state.paused_until, state.epoch, leases)
     return new_state, Decision("granted", at=at, wait_s=at - now, epoch=state.epoch, tokens=tokens)
 
 
