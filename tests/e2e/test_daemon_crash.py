@@ -115,6 +115,12 @@ def test_sigterm_mid_push_exits_0_and_the_rest_finishes_after_restart(
     assert 0 == first.terminate(timeout=60)
     log = (tmp_path / "term-a.log").read_text()
     assert "daemon_stopped" in log and "Traceback" not in log
+    held = query(  # the limiter let go of the accounts it owned: the next daemon need not wait
+        services.database_url,
+        "SELECT count(*) AS n FROM rate_limit_buckets WHERE owner IS NOT NULL"
+        " AND owner_until > extract(epoch FROM clock_timestamp())",
+    )
+    assert 0 == held[0]["n"]
     if finished(services.database_url, job_id) is None:
         second = DaemonProcess(env, tmp_path / "term-b.log").start()
         try:
