@@ -16,12 +16,14 @@ import contextvars
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import aiormq
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aiormq.abc import DeliveredMessage
 
 from consumers.publishers import OutboxRelay
 from service.messages import without_nul
@@ -53,8 +55,34 @@ def to_delivery(message: AbstractIncomingMessage) -> Delivery:
     )
 
 
+def delivery_of(message: DeliveredMessage) -> Delivery:
+    """``to_delivery`` of a delivery as aiormq hands it over, without an aio-pika
+    IncomingMessage (whose construction cost more than the rest of taking a delivery)."""
+    properties = message.header.properties
+    return Delivery(
+        body=message.body,
+        exchange=without_nul(message.exchange or ""),
+        routing_key=without_nul(message.routing_key or ""),
+        message_id=_text(properties.message_id or None),  # aio-pika reads "" as absent
+        reply_to=_text(properties.reply_to or None),
+        correlation_id=_text(properties.correlation_id or None),
+        headers=dict(properties.headers or {}),
+        redelivered=bool(message.redelivered),
+    )
+
+
 def _text(value: str | None) -> str | None:
     return None if value is None else without_nul(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One delivery, whichever way it came in: what the engine sees, and what acks it."""
+
+    delivery: Delivery
+    channel: aiormq.abc.AbstractChannel
+    tag: int
+    published: datetime | None  # the AMQP timestamp property
 
 
 class QueueConsumer:
@@ -112,9 +140,20 @@ class QueueConsumer:
 
     async def _attach(self) -> None:
         assert self._queue is not None
+        # Through the queue, so the robust channel restores the consumer after a reconnect;
+        # then straight from aiormq (see _on_delivered), on this channel and on every
+        # channel a reconnect restores it to (the first delivery there switches it).
         self._tag = await self._queue.consume(self._on_message, no_ack=False)
+        self._take_deliveries_raw(cast(aiormq.Channel, await self._channel.get_underlay_channel()))
         self._metrics.consumers_attached.labels(queue=self.queue_name).set(1)
         log.info("consumer_attached", queue=self.queue_name, prefetch=self._prefetch)
+
+    def _take_deliveries_raw(self, channel: aiormq.abc.AbstractChannel) -> None:
+        """Have aiormq call _on_delivered for our consumer tag instead of aio-pika's wrapper,
+        which builds an IncomingMessage and runs the callback in a second task."""
+        consumers = cast(aiormq.Channel, channel).consumers
+        if self._tag is not None and self._tag in consumers:
+            consumers[self._tag] = self._on_delivered
 
     async def stop_consuming(self) -> None:
         """Take no new deliveries; those in flight go on."""
@@ -182,22 +221,36 @@ class QueueConsumer:
         return 0
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        """A delivery through aio-pika: the first on a channel a reconnect restored our
+        consumer to. The rest on that channel come straight to _on_delivered."""
+        self._take_deliveries_raw(message.channel)
+        assert message.delivery_tag is not None  # consumed with no_ack=False
+        await self._on_received(
+            Received(to_delivery(message), message.channel, message.delivery_tag, message.timestamp))
+
+    async def _on_delivered(self, message: DeliveredMessage) -> None:
+        """A delivery straight from aiormq, in the task aiormq runs it in."""
+        assert message.delivery_tag is not None  # a Basic.Deliver always has one
+        await self._on_received(
+            Received(delivery_of(message), message.channel, message.delivery_tag,
+                     message.header.properties.timestamp))
+
+    async def _on_received(self, received: Received) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._in_flight.add(task)
         self.idle.clear()
         try:
-            await self._process(message)
+            await self._process(received)
         finally:
             self._in_flight.discard(task)
             if not self._in_flight:
                 self.idle.set()
 
-    async def _process(self, message: AbstractIncomingMessage) -> None:
-        delivery = to_delivery(message)
-        self._observe_age(message)
+    async def _process(self, message: Received) -> None:
+        self._observe_age(message.published)
         try:
-            outcome = await self._handler(delivery)
+            outcome = await self._handler(message.delivery)
         except asyncio.CancelledError:
             await _hand_back(message)
             raise
@@ -219,16 +272,14 @@ class QueueConsumer:
             if not ack_first:
                 await self._ack(message, outcome)
 
-    async def _ack(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
+    async def _ack(self, message: Received, outcome: Outcome) -> None:
         # Straight to the channel the delivery came on, without waiting for the writer task
         # to put the frame on the socket (aio-pika's ack waits for that): an ack that a
         # dying connection loses is a redelivery, which finds the job finished.
-        assert message.delivery_tag is not None  # consumed with no_ack=False
-        await message.channel.basic_ack(delivery_tag=message.delivery_tag, wait=False)
+        await message.channel.basic_ack(delivery_tag=message.tag, wait=False)
         self._metrics.child(self._metrics.messages_consumed, self.queue_name, _metric_outcome(outcome)).inc()
 
-    def _observe_age(self, message: AbstractIncomingMessage) -> None:
-        published = message.timestamp
+    def _observe_age(self, published: datetime | None) -> None:
         if published is None:
             return
         if published.tzinfo is None:
@@ -252,16 +303,16 @@ class QueueConsumer:
             except TimeoutError:
                 pass
 
-    async def _infra_failure(self, message: AbstractIncomingMessage, exc: Exception) -> None:
+    async def _infra_failure(self, message: Received, exc: Exception) -> None:
         log.error("outcome_not_stored", queue=self.queue_name, error=f"{exc.__class__.__name__}: {exc}")
         self._pause()
         await _hand_back(message)
         self._metrics.messages_consumed.labels(queue=self.queue_name, outcome="requeued").inc()
 
 
-async def _hand_back(message: AbstractIncomingMessage) -> None:
+async def _hand_back(message: Received) -> None:
     try:
-        await message.nack(requeue=True)
+        await message.channel.basic_nack(delivery_tag=message.tag, requeue=True)
     except Exception as exc:  # the channel is gone: the broker requeues it anyway
         log.warning("nack_failed", error=f"{exc.__class__.__name__}")
 

@@ -862,3 +862,38 @@ async def test_a_consumer_paused_again_soon_after_resuming_keeps_its_backoff(
             await eventually(lambda r=request: daemon.finished(r.job_id), timeout=15, what=f"job {pauses} stored")
             await eventually(lambda n=pauses: len(resumes()) == n, what=f"resume {pauses}")
     assert [1, 2] == resumes()
+
+
+async def test_deliveries_come_straight_from_aiormq_also_after_a_channel_is_reopened(
+    daemon: Harness, venue_id: str
+) -> None:
+    """The consumer takes deliveries from aiormq without aio-pika's IncomingMessage. A
+    channel the broker closed is reopened by the robust channel with aio-pika's consumer
+    restored: its first delivery goes through aio-pika and switches the rest back."""
+    import aiormq
+
+    await daemon.credential(venue_id)
+    consumer = daemon.consumers[0]
+    channel = consumer._channel
+    underlay = await channel.get_underlay_channel()
+    assert underlay.consumers[consumer._tag] == consumer._on_delivered  # type: ignore[attr-defined]
+    first = push(venue_id, [customer(1)])
+    await daemon.request(first)
+    await eventually(lambda: daemon.finished(first.job_id), what="job finished")
+
+    with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):  # the broker closes the channel
+        await underlay.queue_declare(f"absent-{uuid.uuid4().hex}", passive=True)
+
+    async def reopened() -> Any:
+        fresh = await channel.get_underlay_channel()
+        return fresh if fresh is not underlay and consumer._tag in fresh.consumers else None  # type: ignore[attr-defined]
+
+    fresh = await eventually(reopened, timeout=20, what="the channel reopened with the consumer restored")
+    assert fresh.consumers[consumer._tag] != consumer._on_delivered  # aio-pika's wrapper again
+    second, third = push(venue_id, [customer(2)]), push(venue_id, [customer(3)])
+    await daemon.request(second)
+    await eventually(lambda: daemon.finished(second.job_id), timeout=20, what="second job finished")
+    assert fresh.consumers[consumer._tag] == consumer._on_delivered  # switched by that delivery
+    await daemon.request(third)
+    row = await eventually(lambda: daemon.finished(third.job_id), timeout=20, what="third job finished")
+    assert "succeeded" == row["status"]
