@@ -14,7 +14,8 @@ read a pause at a glance. Writes go through the relaxed pool (no wait for the WA
 bucket lost in a database crash only forgets the last instants of spacing.
 
 Owning an account (``own=True``, the daemon's setting). A process that is alone on an
-account takes it for a short lease (``owner``, ``owner_until`` on the row) and then grants
+account and uses it steadily (its second write within ``OWN_IDLE_S``) takes it for a
+short lease (``owner``, ``owner_until`` on the row) and then grants
 from its own copy with no statement at all; one statement every ``OWN_RENEW_S`` renews the
 leases of all the accounts it owns, writing its copies back. Three rules keep this as safe
 as the compare-and-set:
@@ -40,8 +41,10 @@ upgrade, grants of the last renewal period, 50 ms, can be doubled once per cool-
 an operator clearing ``owner`` by hand (never needed: lift a pause with ``paused_until``).
 Accounts used by several processes at once cost what they cost before, one statement per
 grant, and so do accounts with a concurrency cap (every slot is written through, so
-nothing is gained by owning them); an account one process has to itself costs a statement
-every 50 ms, shared with every other account it owns, instead of one per call.
+nothing is gained by owning them), and so do accounts used now and then (owning one for a
+single call would cost a claim, renewals and a let-go); an account one process uses
+steadily costs a statement every 50 ms, shared with every other account it owns, instead
+of one per call.
 """
 
 from __future__ import annotations
@@ -224,6 +227,7 @@ class PostgresBucketStore:
         self._turns: dict[tuple[str, str], _Turn] = {}
         self._owned: dict[tuple[str, str], _Owned] = {}
         self._foreign: dict[tuple[str, str], float] = {}  # another process's write last seen
+        self._wrote_at: dict[tuple[str, str], float] = {}  # our last write on the row path
         self._keeper: asyncio.Task[None] | None = None
         self._closing = False
         self._writes: Coalescer[_Write, Mapping[str, Any]] = Coalescer(self._write_many)
@@ -281,9 +285,14 @@ class PostgresBucketStore:
                 row = self._saw_foreign(key, row, fresh)
                 continue
             until = now + OWN_LEASE_S
+            # Owning pays for an account in steady use here (the write before this one was
+            # recent), not for one call now and then: that would cost a claim, renewals and
+            # a let-go instead of one write.
             claim = self._own and not self._closing and (mine or (
                 now - self._foreign.get(key, -OWN_COOL_OFF_S) >= OWN_COOL_OFF_S
-                and local_ok(row.state, new_state, until - OWN_SAFETY_S)))  # owning would pay
+                and now - self._wrote_at.get(key, -OWN_IDLE_S) < OWN_IDLE_S
+                and local_ok(row.state, new_state, until - OWN_SAFETY_S)))
+            self._wrote_at[key] = now
             record = await self._write(key, _Write(
                 provider, account, new_state, row.version, self._me if claim else None,
                 until if claim else 0.0))
@@ -490,6 +499,7 @@ class PostgresBucketStore:
             self._known = {k: row for k, row in self._known.items() if k in self._owned}
             now = self._clock()
             self._foreign = {k: t for k, t in self._foreign.items() if now - t < OWN_COOL_OFF_S}
+            self._wrote_at = {k: t for k, t in self._wrote_at.items() if now - t < OWN_IDLE_S}
             self._turns = {k: turn for k, turn in self._turns.items() if turn.users or k in self._owned}
         self._known[key] = known
 

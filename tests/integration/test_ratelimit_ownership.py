@@ -13,6 +13,7 @@ import time
 import uuid
 from typing import Any
 
+from service.database import ratelimit
 from service.database.ratelimit import PostgresBucketStore
 from service.limiter import Limits, RateLimiter, state_from_json
 from tests.helpers import eventually
@@ -146,8 +147,9 @@ async def test_an_operator_update_reaches_an_owner(pool: Any) -> None:
     limits = Limits(per_second=100)
     store = PostgresBucketStore(pool, own=True)
     limiter = RateLimiter(store)
-    async with limiter.acquire("stripe", account, limits, max_wait_s=1):
-        pass
+    for _ in range(2):  # the second grant in a row takes the account
+        async with limiter.acquire("stripe", account, limits, max_wait_s=1):
+            pass
     await limiter.penalize("stripe", account, 3600)
     assert ("stripe", account) in store._owned
     await pool.execute("UPDATE rate_limit_buckets SET paused_until = 0 WHERE provider = 'stripe' AND account = $1",
@@ -170,8 +172,9 @@ async def test_a_write_cancelled_in_flight_is_not_forgotten(pool: Any) -> None:
     account = f"acct-{uuid.uuid4().hex[:8]}"
     store = PostgresBucketStore(pool, own=True)
     limiter = RateLimiter(store)
-    async with limiter.acquire("stripe", account, Limits(per_second=100), max_wait_s=1):
-        pass
+    for _ in range(2):  # the second grant in a row takes the account
+        async with limiter.acquire("stripe", account, Limits(per_second=100), max_wait_s=1):
+            pass
     assert ("stripe", account) in store._owned
 
     def bump(state: BucketState) -> tuple[BucketState, None]:  # an epoch: always written through
@@ -227,3 +230,24 @@ async def test_an_owner_killed_with_sigkill_hands_over_a_safe_row(services: Any,
     await store.close()
     assert ours and row["owner_until"] <= min(ours) <= killed + 0.5 + 0.3  # the lease ran out, no more
     assert busiest_window(theirs + ours, 1.0) <= 20
+
+
+async def test_an_account_used_now_and_then_is_not_owned(pool: Any) -> None:
+    """One call now and then costs one write, as before ownership: no claim, renewals and
+    let-go for it. Calls in quick succession take the account."""
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    limits = Limits(per_second=100)
+    clock = [1_000.0]
+    store = PostgresBucketStore(pool, own=True, clock=lambda: clock[0])
+    limiter = RateLimiter(store, clock=lambda: clock[0])
+    for _ in range(3):
+        async with limiter.acquire("stripe", account, limits, max_wait_s=1):
+            pass
+        assert ("stripe", account) not in store._owned
+        clock[0] += ratelimit.OWN_IDLE_S + 0.5  # the next call comes later than that
+    assert 3 == store._writes.items  # one write per call
+    for _ in range(2):
+        async with limiter.acquire("stripe", account, limits, max_wait_s=1):
+            pass
+    assert ("stripe", account) in store._owned  # the second of two in a row took it
+    await store.close()
