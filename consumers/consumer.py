@@ -12,6 +12,7 @@ dead-letter once x-delivery-limit is reached (the backstop).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import math
 import time
@@ -144,7 +145,11 @@ class QueueConsumer:
         # then straight from aiormq (see _on_delivered), on this channel and on every
         # channel a reconnect restores it to (the first delivery there switches it).
         self._tag = await self._queue.consume(self._on_message, no_ack=False)
-        self._take_deliveries_raw(cast(aiormq.Channel, await self._channel.get_underlay_channel()))
+        # Best effort: the consumer is attached now, and a failure here must not make the
+        # caller attach a second one (the first delivery through aio-pika switches it anyway).
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1.0):  # a robust channel waits while reconnecting
+                self._take_deliveries_raw(await self._channel.get_underlay_channel())
         self._metrics.consumers_attached.labels(queue=self.queue_name).set(1)
         log.info("consumer_attached", queue=self.queue_name, prefetch=self._prefetch)
 
