@@ -138,6 +138,7 @@ _COMPARE_AND_SET = """
     LEFT JOIN rate_limit_buckets AS b ON b.provider = i.provider AND b.account = i.account
 """
 
+_STORE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)  # PostgreSQL failed
 KNOWN_MAX = 10_000  # accounts remembered; past it the copies are dropped and read again
 
 
@@ -253,7 +254,7 @@ class PostgresBucketStore:
                             self._known[key] = replace(row, state=new_state)
                             return result
                 return await self._update_on_row(key, change)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except _STORE_ERRORS as exc:
             self._drop(key)
             raise NetworkError(f"rate-limit store failed: {exc.__class__.__name__}") from exc
         finally:
@@ -419,7 +420,7 @@ class PostgresBucketStore:
                     self._saw_foreign(key, row, await self._lost(key, record, row.version))
                     return
                 self._wrote(key, record, row.state, until)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+        except _STORE_ERRORS:
             self._drop(key)
             raise
         finally:
@@ -479,7 +480,7 @@ class PostgresBucketStore:
             return self._known[key].state
         try:
             row = await self._pool.fetchrow(_SELECT, provider, account, timeout=COMMAND_TIMEOUT_S)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except _STORE_ERRORS as exc:
             raise NetworkError(f"rate-limit store failed: {exc.__class__.__name__}") from exc
         return BucketState() if row is None else state_from_json(row["state"], row["paused_until"])
 
