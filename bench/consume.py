@@ -12,6 +12,14 @@ shared host does) moves both sides of each ratio alike.
 - ``reference_msgs_per_s``: a bare aio-pika consumer (same prefetch) that makes the same HTTP
   call through aiohttp, writes one row with asyncpg and acks; ``ratio`` = daemon / reference
   (target >= 0.8);
+- ``quota_msgs_per_s``: what the venues' Stripe quotas allow in all (each venue is one live
+  account: 100 calls/s at the sandbox as at Stripe, which the daemon's limiter spaces to
+  97/s). The overhead is what is measured, not the quota, so the venues (``--venues``, 100)
+  keep it far above either side's rate: with 20, this machine ran the reference past it
+  and a fifth of its calls came back 429 (which it ignores), while the daemon's limiter
+  held it at 1,940 msg/s. A reference reply that is not a 2xx therefore stops the bench
+  (its call was not the daemon's), and ``limiter_bound`` says when the daemon's rate came
+  within 10 % of the quota;
 - ``cpu_ms_per_msg``: CPU milliseconds per message of each side, split into its own process
   (the daemon; the reference runs inside this script), the sandbox, PostgreSQL and RabbitMQ,
   so the ratio can be read against the work each side asks of the machine;
@@ -20,7 +28,7 @@ shared host does) moves both sides of each ratio alike.
 
 Everything runs on loopback against a throwaway vhost and database that are removed after.
 
-    python bench/consume.py [--messages 4000] [--rounds 3] [--backlog 100000] [--venues 20]
+    python bench/consume.py [--messages 4000] [--rounds 3] [--backlog 100000] [--venues 100]
                             [--mode full|incremental]
 """
 
@@ -47,6 +55,8 @@ REPO = Path(__file__).resolve().parent.parent
 CLI = str(REPO / ".venv" / "bin" / "integration-service")
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PREFETCH = 16
+STRIPE_LIVE_PER_SECOND = 100  # the sandbox's (and Stripe's) quota of a live key, and our limit
+LIMITER_UTILISATION = 1 / 1.03  # one-second windows with the limiter's 30 ms margin
 
 
 def free_port() -> int:
@@ -172,27 +182,23 @@ class Bench:
                     f"{self.sandbox_url}/_sandbox/accounts",
                     json={"provider": "stripe", "account": venue, "api_key": key},
                 )
-        for venue, key in self.keys.items():
-            await asyncio.to_thread(
-                subprocess.run,
-                [
-                    CLI,
-                    "credentials",
-                    "set",
-                    "--venue",
-                    venue,
-                    "--provider",
-                    "stripe",
-                    "--kind",
-                    "api_key",
-                    "--secret-stdin",
-                ],
-                input=key.encode(),
-                env=self.env,
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
+        storing = asyncio.Semaphore(8)  # a command per venue, a few at a time
+
+        async def store(venue: str, key: str) -> None:
+            async with storing:
+                await asyncio.to_thread(
+                    subprocess.run,
+                    [CLI, "credentials", "set", "--venue", venue, "--provider", "stripe",
+                     "--kind", "api_key", "--secret-stdin"],
+                    input=key.encode(), env=self.env, check=True, capture_output=True, timeout=60,
+                )
+
+        await asyncio.gather(*(store(venue, key) for venue, key in self.keys.items()))
+
+    @property
+    def quota_msgs_per_s(self) -> float:
+        """The most the venues' quotas let the daemon's limiter grant, in all."""
+        return len(self.keys) * STRIPE_LIVE_PER_SECOND * LIMITER_UTILISATION
 
     async def publish(
         self, count: int, *, exchange: str = "integration.commands", routing_key: str = "sync.stripe.customers"
@@ -281,6 +287,11 @@ class Bench:
             await queue.consume(reference.handle)
             await asyncio.wait_for(reference.reached(n), timeout=300)
             elapsed = time.monotonic() - started
+            if reference.refused:
+                raise RuntimeError(
+                    f"the reference got {reference.refused} of {n} replies that were not a 2xx (over"
+                    f" the venues' quota at {n / elapsed:.0f} msg/s?): its calls were not the"
+                    " daemon's; run with more --venues")
             cpu = meter.per_message(n)
             await queue.delete(if_unused=False, if_empty=False)
         return n / elapsed, cpu
@@ -332,6 +343,7 @@ class Reference:
     def __init__(self, bench: Bench) -> None:
         self._bench = bench
         self.count = 0
+        self.refused = 0  # replies that were not a 2xx (a 429: over the account's quota)
         self._changed = asyncio.Event()
 
     async def __aenter__(self) -> Reference:
@@ -352,6 +364,8 @@ class Reference:
             headers={"Authorization": f"Bearer {key}"},
         ) as reply:
             await reply.read()
+            if not 200 <= reply.status < 300:
+                self.refused += 1
         await self._pool.execute(
             "INSERT INTO bench_reference VALUES ($1, $2) ON CONFLICT DO NOTHING", body["job_id"], message.body.decode()
         )
@@ -374,7 +388,8 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=4000, help="messages per round and side")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backlog", type=int, default=100_000)
-    parser.add_argument("--venues", type=int, default=20)
+    parser.add_argument("--venues", type=int, default=100,
+                        help="Stripe accounts the requests are spread over (each allows 100 calls/s)")
     parser.add_argument("--rss-seconds", type=float, default=20.0)
     parser.add_argument("--mode", choices=("full", "incremental"), default="full", help="the pulls' mode")
     args = parser.parse_args()
@@ -403,6 +418,9 @@ async def main() -> None:
                 "reference_msgs_per_s": round(statistics.median(r for _, r in rounds), 1),
                 "ratio": round(statistics.median(d / r for d, r in rounds), 3),
                 "ratio_per_round": [round(d / r, 3) for d, r in rounds],
+                "venues": args.venues,
+                "quota_msgs_per_s": round(bench.quota_msgs_per_s, 1),
+                "limiter_bound": max(d for d, _ in rounds) > 0.9 * bench.quota_msgs_per_s,
                 "target_ratio": 0.8,
                 "cpu_ms_per_msg": {
                     "daemon": median_each([d for d, _ in cpu]),

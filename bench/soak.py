@@ -21,7 +21,7 @@ Both bugs this was written after made the daemon slower the longer it ran: the o
 re-marked every row it had ever published on every flush, and generic plans made while a
 table was empty kept their sequential scans (README, Benchmarks).
 
-    python bench/soak.py [--chunks 8] [--messages 5000] [--venues 20] [--mode full|incremental]
+    python bench/soak.py [--chunks 8] [--messages 5000] [--venues 100] [--mode full|incremental]
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=8)
     parser.add_argument("--messages", type=int, default=5000, help="messages per chunk and side")
-    parser.add_argument("--venues", type=int, default=20)
+    parser.add_argument("--venues", type=int, default=100,
+                        help="Stripe accounts (bench/consume.py: enough that no quota binds)")
     parser.add_argument("--mode", choices=("full", "incremental"), default="full", help="the pulls' mode")
     args = parser.parse_args()
     if args.chunks < 4:

@@ -30,7 +30,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("trees", nargs="+", help="source trees (a checkout's root) to compare")
     parser.add_argument("--messages", type=int, default=3000, help="messages per round and tree")
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--venues", type=int, default=20)
+    parser.add_argument("--venues", type=int, default=100)
     args = parser.parse_args()
     args.trees = [os.path.abspath(t) for t in args.trees]
     return args
