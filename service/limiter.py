@@ -30,7 +30,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
@@ -293,34 +293,38 @@ class RateLimiter:
         self._slot_poll_s = slot_poll_s
         self._late_tolerance_s = late_tolerance_s
         self._freed: dict[tuple[str, str], asyncio.Event] = {}  # local releases wake local waiters
+        # The store's update without waiting, where it has one (PostgresBucketStore's)
+        self._update_now: Callable[..., tuple[bool, Any]] | None = getattr(store, "update_now", None)
         self.redone = 0  # reservations given up (woken late or voided by a 429), for the bench
 
-    @contextlib.asynccontextmanager
-    async def acquire(
+    def acquire(
         self, provider: str, account: str, limits: Limits, *, max_wait_s: float
-    ) -> AsyncIterator[None]:
-        """Wait for a send time and a slot; RateLimitError at once if that takes over max_wait_s.
+    ) -> _Gate:
+        """``async with``: wait for a send time and a slot; RateLimitError at once if that
+        takes over max_wait_s.
 
         The slot is released on exit, also when the body raises or is cancelled.
         """
-        lease = uuid.uuid4().hex if limits.concurrency is not None else None
-        try:
-            await self._grant(provider, account, limits, lease, max_wait_s)
-        except BaseException:
-            if lease is not None:
-                await self._release(provider, account, lease)
-            raise
-        if lease is None:
-            yield
-            return
-        renewer = asyncio.ensure_future(self._keep_lease(provider, account, lease))
-        try:
-            yield
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-            await self._release(provider, account, lease)
+        return _Gate(self, provider, account, limits, max_wait_s)
+
+    def _granted_now(self, provider: str, account: str, limits: Limits) -> bool:
+        """A send time due now, reserved without waiting where the store can (an account
+        this process owns: PostgresBucketStore.update_now). False: nothing was reserved,
+        and the caller takes the usual way (_grant), which also waits and retries."""
+        if self._update_now is None:
+            return False
+        now = self._clock()
+
+        def change(state: BucketState) -> tuple[BucketState, Decision]:
+            return reserve(state, now=now, limits=limits, margin_s=self._margin_s, max_wait_s=0.0)
+
+        kept, decision = self._update_now(provider, account, change)
+        if not kept or decision is None or decision.kind != "granted":
+            return False
+        if self._observer is not None:
+            self._observer.waited(provider, 0.0)
+            self._observer.tokens_available(provider, decision.tokens)
+        return True
 
     async def penalize(self, provider: str, account: str, retry_after_s: float) -> None:
         """A 429 from the provider: pause this account in every process for retry_after_s."""
@@ -419,3 +423,46 @@ class RateLimiter:
         if freed is not None:
             freed.set()
 
+
+
+class _Gate:
+    """What ``RateLimiter.acquire`` returns: an async context manager as a plain class, not
+    an ``asynccontextmanager`` generator, whose machinery cost as much per provider call as
+    the usual grant itself (a send time due now on an account this process owns)."""
+
+    __slots__ = ("_limiter", "_provider", "_account", "_limits", "_max_wait_s", "_lease", "_renewer")
+
+    def __init__(self, limiter: RateLimiter, provider: str, account: str, limits: Limits,
+                 max_wait_s: float) -> None:
+        self._limiter = limiter
+        self._provider = provider
+        self._account = account
+        self._limits = limits
+        self._max_wait_s = max_wait_s
+        self._lease: str | None = None
+        self._renewer: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> None:
+        limiter, provider, account, limits = self._limiter, self._provider, self._account, self._limits
+        if limits.concurrency is None:
+            if not limiter._granted_now(provider, account, limits):
+                await limiter._grant(provider, account, limits, None, self._max_wait_s)
+            return
+        lease = uuid.uuid4().hex
+        try:
+            await limiter._grant(provider, account, limits, lease, self._max_wait_s)
+        except BaseException:
+            await limiter._release(provider, account, lease)
+            raise
+        self._lease = lease
+        self._renewer = asyncio.ensure_future(limiter._keep_lease(provider, account, lease))
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        lease, renewer = self._lease, self._renewer
+        if lease is None or renewer is None:
+            return
+        self._lease = self._renewer = None
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer
+        await self._limiter._release(self._provider, self._account, lease)

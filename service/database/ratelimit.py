@@ -55,7 +55,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import structlog
@@ -234,6 +234,40 @@ class PostgresBucketStore:
         self._writes: Coalescer[_Write, Mapping[str, Any]] = Coalescer(self._write_many)
         self.handovers = 0  # accounts let go because another process wanted them (tests, bench)
 
+    def update_now(
+        self, provider: str, account: str, change: Callable[[BucketState], tuple[BucketState, T]]
+    ) -> tuple[bool, T | None]:
+        """``update`` without waiting for anything, when it can stay in this process: the
+        account is ours, no task of ours is taking a turn on it (the keeper writing it back,
+        say) and ``change`` is one an owner may keep (local_ok). Then (True, its result);
+        else (False, None) with nothing changed, and the caller takes ``update``. The usual
+        grant on an owned account, without the turn's lock and a coroutine per call."""
+        key = (provider, account)
+        owned = self._owned.get(key)
+        if owned is None:
+            return False, None
+        turn = self._turns.get(key)
+        if turn is not None and turn.users:
+            return False, None
+        return self._keep_local(key, owned, change)
+
+    def _keep_local(
+        self, key: tuple[str, str], owned: _Owned, change: Callable[[BucketState], tuple[BucketState, T]]
+    ) -> tuple[bool, T | None]:
+        """Apply ``change`` to our copy of an owned account if an owner may keep it to itself
+        (its caller holds the account's turn, or knows no task of ours does)."""
+        now = self._clock()
+        until = owned.until - OWN_SAFETY_S
+        if until <= now:
+            return False, None
+        row = self._known[key]
+        new_state, result = change(row.state)
+        if new_state != row.state and not local_ok(row.state, new_state, until):
+            return False, None
+        owned.used = now
+        self._known[key] = replace(row, state=new_state)
+        return True, result
+
     async def update(
         self, provider: str, account: str, change: Callable[[BucketState], tuple[BucketState, T]]
     ) -> T:
@@ -245,14 +279,9 @@ class PostgresBucketStore:
             async with turn.lock:
                 owned = self._owned.get(key)
                 if owned is not None:
-                    now = self._clock()
-                    if owned.until - OWN_SAFETY_S > now:
-                        row = self._known[key]
-                        new_state, result = change(row.state)
-                        if new_state == row.state or local_ok(row.state, new_state, owned.until - OWN_SAFETY_S):
-                            owned.used = now
-                            self._known[key] = replace(row, state=new_state)
-                            return result
+                    kept, result = self._keep_local(key, owned, change)
+                    if kept:
+                        return cast(T, result)
                 return await self._update_on_row(key, change)
         except _STORE_ERRORS as exc:
             self._drop(key)

@@ -251,3 +251,41 @@ async def test_an_account_used_now_and_then_is_not_owned(pool: Any) -> None:
             pass
     assert ("stripe", account) in store._owned  # the second of two in a row took it
     await store.close()
+
+
+async def test_a_grant_due_now_on_an_owned_account_takes_no_turn(pool: Any) -> None:
+    """On an account this process owns, a send time due now is reserved in the caller's
+    own step (update_now): no turn's lock, no coroutine of the store. While a task of ours
+    takes a turn on the account (the keeper writing the copy back, say), the same grant
+    waits for its turn the usual way instead."""
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    limits = Limits(per_second=1000, burst=500)  # every grant here is due at once
+    store = PostgresBucketStore(pool, own=True)
+    limiter = RateLimiter(store)
+    key = ("stripe", account)
+    for _ in range(3):  # steady use: the second write claims the account
+        async with limiter.acquire("stripe", account, limits, max_wait_s=5):
+            pass
+    await eventually(lambda: key in store._owned, timeout=5, interval=0.01, what="the account owned")
+    updates: list[str] = []
+    update = store.update
+
+    async def counted(provider: str, account: str, change: Any) -> Any:
+        updates.append(account)
+        return await update(provider, account, change)
+
+    store.update = counted  # type: ignore[method-assign]
+    granted_before = store._known[key].state
+    async with limiter.acquire("stripe", account, limits, max_wait_s=5):
+        pass
+    assert updates == []
+    assert store._known[key].state != granted_before  # the send time was reserved on our copy
+    turn = store._turn(key)
+    turn.users += 1  # a task of ours is taking a turn on the account
+    try:
+        async with limiter.acquire("stripe", account, limits, max_wait_s=5):
+            pass
+    finally:
+        turn.users -= 1
+    assert updates == [account]
+    await store.close()
