@@ -7,6 +7,9 @@ consumer and probes the database with backoff, consuming again once the probe su
 outage of any length leaves the messages waiting in the queue instead of spinning their
 delivery count up to x-delivery-limit. Messages that crash the process are the broker's to
 dead-letter once x-delivery-limit is reached (the backstop).
+
+The acknowledgements of the deliveries done in one loop iteration go out together at its
+end, in one frame where they can (consumers/acks.py).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiormq.abc import DeliveredMessage
 
+from consumers.acks import AckBatcher
 from consumers.publishers import OutboxRelay
 from service.messages import without_nul
 from service.metrics import Metrics
@@ -109,6 +113,7 @@ class QueueConsumer:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._acks: dict[aiormq.abc.AbstractChannel, AckBatcher] = {}  # a reconnect brings a new channel
         # Acknowledged deliveries whose messages are still being published: bounded, so a
         # broker slow to confirm slows consumption down instead of growing our memory.
         self._publishing = asyncio.Semaphore(PUBLISHING_PER_PREFETCH * prefetch)
@@ -214,7 +219,9 @@ class QueueConsumer:
 
     async def drain(self, grace_s: float) -> int:
         """Wait up to grace_s for in-flight deliveries; cancel the rest (the broker
-        redelivers them). Return how many were cancelled."""
+        redelivers them). Return how many were cancelled, once the acks of those that
+        finished are sent (the channel is closed next)."""
+        still: set[asyncio.Task[Any]] = set()
         pending = set(self._in_flight)
         if pending:
             _, still = await asyncio.wait(pending, timeout=grace_s)
@@ -222,8 +229,20 @@ class QueueConsumer:
                 task.cancel()
             if still:
                 await asyncio.gather(*still, return_exceptions=True)
-            return len(still)
-        return 0
+        await self.flush_acks()
+        return len(still)
+
+    async def flush_acks(self) -> None:
+        """Send the acks waiting for the end of this loop iteration now."""
+        for acks in list(self._acks.values()):
+            await acks.flush()
+
+    def _acks_for(self, channel: aiormq.abc.AbstractChannel) -> AckBatcher:
+        acks = self._acks.get(channel)
+        if acks is None:  # a new channel: the closed ones' deliveries are the broker's again
+            self._acks = {c: a for c, a in self._acks.items() if not c.is_closed}
+            acks = self._acks[channel] = AckBatcher(channel)
+        return acks
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         """A delivery through aio-pika: the first on a channel a reconnect restored our
@@ -243,6 +262,7 @@ class QueueConsumer:
     async def _on_received(self, received: Received) -> None:
         task = asyncio.current_task()
         assert task is not None
+        self._acks_for(received.channel).delivered(received.tag)
         self._in_flight.add(task)
         self.idle.clear()
         try:
@@ -257,7 +277,7 @@ class QueueConsumer:
         try:
             outcome = await self._handler(message.delivery)
         except asyncio.CancelledError:
-            await _hand_back(message)
+            await self._hand_back(message)
             raise
         except Exception as exc:
             await self._infra_failure(message, exc)
@@ -269,19 +289,20 @@ class QueueConsumer:
         ack_first = outcome.kind != "dead_lettered"
         async with self._publishing:
             if ack_first:
-                await self._ack(message, outcome)
+                self._ack(message, outcome)
             try:
                 await self._relay.publish_stored(outcome.outbox)
             except Exception as exc:  # committed: the relay loop publishes it later
                 log.warning("inline_publish_failed", error=f"{exc.__class__.__name__}: {exc}")
             if not ack_first:
-                await self._ack(message, outcome)
+                self._ack(message, outcome)
 
-    async def _ack(self, message: Received, outcome: Outcome) -> None:
-        # Straight to the channel the delivery came on, without waiting for the writer task
-        # to put the frame on the socket (aio-pika's ack waits for that): an ack that a
-        # dying connection loses is a redelivery, which finds the job finished.
-        await message.channel.basic_ack(delivery_tag=message.tag, wait=False)
+    def _ack(self, message: Received, outcome: Outcome) -> None:
+        # Sent at the end of this loop iteration with the others done in it, straight to the
+        # channel the delivery came on and without waiting for the writer task to put the
+        # frame on the socket: an ack that a dying connection (or process) loses is a
+        # redelivery, which finds the job finished.
+        self._acks_for(message.channel).done(message.tag)
         self._metrics.child(self._metrics.messages_consumed, self.queue_name, _metric_outcome(outcome)).inc()
 
     def _observe_age(self, published: datetime | None) -> None:
@@ -311,15 +332,11 @@ class QueueConsumer:
     async def _infra_failure(self, message: Received, exc: Exception) -> None:
         log.error("outcome_not_stored", queue=self.queue_name, error=f"{exc.__class__.__name__}: {exc}")
         self._pause()
-        await _hand_back(message)
+        await self._hand_back(message)
         self._metrics.messages_consumed.labels(queue=self.queue_name, outcome="requeued").inc()
 
-
-async def _hand_back(message: Received) -> None:
-    try:
-        await message.channel.basic_nack(delivery_tag=message.tag, requeue=True)
-    except Exception as exc:  # the channel is gone: the broker requeues it anyway
-        log.warning("nack_failed", error=f"{exc.__class__.__name__}")
+    async def _hand_back(self, message: Received) -> None:
+        await self._acks_for(message.channel).hand_back(message.tag)
 
 
 def _metric_outcome(outcome: Outcome) -> str:
