@@ -37,14 +37,15 @@ as the compare-and-set:
 An owner that loses its row anyway (a hand-made UPDATE, which bumps the version) keeps the
 send times it granted on top of the row's state. Two things an owner cannot see: a process
 of a version before ownership, which writes by compare-and-set alone (during a rolling
-upgrade, grants of the last renewal period, 50 ms, can be doubled once per cool-off), and
+upgrade, grants of the last renewal period, 100 ms, can be doubled once per cool-off), and
 an operator clearing ``owner`` by hand (never needed: lift a pause with ``paused_until``).
 Accounts used by several processes at once cost what they cost before, one statement per
 grant, and so do accounts with a concurrency cap (every slot is written through, so
 nothing is gained by owning them), and so do accounts used now and then (owning one for a
 single call would cost a claim, renewals and a let-go); an account one process uses
-steadily costs a statement every 50 ms, shared with every other account it owns, instead
-of one per call.
+steadily costs a statement every 100 ms, shared with every other account it owns, instead
+of one per call. (Renewing every 100 ms keeps at least 250 ms of local grants ahead; every
+50 ms cost a twentieth of the daemon's CPU with 100 accounts owned, bench/consume.py.)
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ COMMAND_TIMEOUT_S = 5.0
 MAX_ROUNDS = 100  # compare-and-set rounds before giving up (each loses only to a real write)
 
 OWN_LEASE_S = 0.5  # an owner's lease on an account, renewed every OWN_RENEW_S while used
-OWN_RENEW_S = 0.05  # also how soon an owner sees that another process wants the account
+OWN_RENEW_S = 0.1  # also how soon an owner sees that another process wants the account
 OWN_SAFETY_S = 0.15  # local grants stop this long before the lease ends
 OWN_IDLE_S = 1.0  # an account unused this long is written back and let go
 OWN_COOL_OFF_S = 2.0  # after another process's write on an account, no owning it for this long
