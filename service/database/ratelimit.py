@@ -420,41 +420,70 @@ class PostgresBucketStore:
         holding it writes the row itself, or the lease runs out (which is safe)."""
         while self._owned and not self._closing:
             await asyncio.sleep(OWN_RENEW_S)
-            keys = [key for key in self._owned if not self._turn(key).lock.locked()]
-            results = await asyncio.gather(*(self._renew(key) for key in keys), return_exceptions=True)
-            for key, result in zip(keys, results, strict=True):
-                if isinstance(result, Exception):
-                    log.warning("rate_limit_renew_failed", provider=key[0], error=result.__class__.__name__)
+            await self._renew(list(self._owned))
 
-    async def _renew(self, key: tuple[str, str]) -> None:
-        """Write an owned account's copy back: renewing its lease, or letting go (closing,
-        unused for OWN_IDLE_S, or wanted by another process: the statement decides that)."""
-        turn = self._turn(key)
-        turn.users += 1
+    async def _renew(self, keys: list[tuple[str, str]]) -> None:
+        """Write owned accounts' copies back: renewing their leases, or letting go (closing,
+        unused for OWN_IDLE_S, or wanted by another process: the statement decides that).
+
+        All in this task, not a task per account (which cost more than the rest of the
+        renewal): the turns that are free are taken in this step (a free lock is acquired
+        without waiting), every write joins the same statement, and the turns are held
+        until their writes settle, as any write on the row path holds its turn."""
+        held: list[_Turn] = []
+        writes: list[tuple[tuple[str, str], Row, float, asyncio.Future[Mapping[str, Any]]]] = []
         try:
-            async with turn.lock:
+            for key in keys:
+                turn = self._turn(key)
                 owned = self._owned.get(key)
-                if owned is None:
-                    return
+                if owned is None or turn.users or turn.lock.locked():
+                    continue
                 now = self._clock()
                 if owned.until <= now:  # lapsed (a stalled loop or a slow database): start over
                     self._drop(key)
-                    return
+                    continue
+                turn.users += 1
+                held.append(turn)
+                await turn.lock.acquire()  # free (no user): taken without waiting
                 row = self._known[key]
                 let_go = self._closing or now - owned.used >= OWN_IDLE_S
                 until = now + OWN_LEASE_S
-                record = await self._write(key, _Write(
+                writes.append((key, row, until, self._writes.enqueue(_Write(
                     key[0], key[1], row.state, row.version, None if let_go else self._me,
-                    0.0 if let_go else until))
-                if record["written"] is None:  # a hand-made UPDATE, or taken after a stall
-                    self._saw_foreign(key, row, await self._lost(key, record, row.version))
-                    return
-                self._wrote(key, record, row.state, until)
-        except _STORE_ERRORS:
-            self._drop(key)
-            raise
+                    0.0 if let_go else until))))
+            if writes:
+                await self._settled([pending for *_, pending in writes], [key for key, *_ in writes])
+            for key, row, until, pending in writes:
+                try:
+                    record = pending.result()
+                    if record["written"] is None:  # a hand-made UPDATE, or taken after a stall
+                        self._saw_foreign(key, row, await self._lost(key, record, row.version))
+                    else:
+                        self._wrote(key, record, row.state, until)
+                except Exception as exc:  # PostgreSQL failed (or a bug): the lease runs out, safely
+                    self._drop(key)
+                    log.warning("rate_limit_renew_failed", provider=key[0], error=exc.__class__.__name__)
         finally:
-            turn.users -= 1
+            for turn in held:
+                if turn.lock.locked():
+                    turn.lock.release()
+                turn.users -= 1
+
+    async def _settled(
+        self, pending: list[asyncio.Future[Mapping[str, Any]]], keys: list[tuple[str, str]]
+    ) -> None:
+        """Wait for writes to settle. Cancelled meanwhile, still wait (they may land), then
+        forget those accounts' copies and raise: nobody here computes from a copy that a
+        landed write has made stale (as _write does for one)."""
+        try:
+            await asyncio.wait(pending)
+        except asyncio.CancelledError:
+            try:
+                await asyncio.wait(pending)
+            finally:
+                for key in keys:
+                    self._drop(key)
+            raise
 
     async def close(self) -> None:
         """Write back and let go of every owned account, so another process need not wait
@@ -466,11 +495,10 @@ class PostgresBucketStore:
         for _ in range(3):  # again for an account claimed by a write in flight when close began
             if not self._owned:
                 break
-            results = await asyncio.gather(*(self._renew(key) for key in list(self._owned)),
-                                           return_exceptions=True)
-            failed = [r for r in results if isinstance(r, Exception)]
-            if failed:
-                log.warning("rate_limit_let_go_failed", accounts=len(failed), error=failed[0].__class__.__name__)
+            try:
+                await self._renew(list(self._owned))
+            except Exception as exc:
+                log.warning("rate_limit_let_go_failed", accounts=len(self._owned), error=exc.__class__.__name__)
 
     async def _write_many(self, writes: list[_Write]) -> list[Mapping[str, Any]]:
         """Compare-and-set the accounts of concurrent grants in one statement, in key order

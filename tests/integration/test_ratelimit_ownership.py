@@ -289,3 +289,28 @@ async def test_a_grant_due_now_on_an_owned_account_takes_no_turn(pool: Any) -> N
         turn.users -= 1
     assert updates == [account]
     await store.close()
+
+
+async def test_one_statement_renews_every_owned_account(pool: Any) -> None:
+    """The keeper's tick writes every owned account back in one statement, and each lease
+    it renews reaches the row."""
+    limits = Limits(per_second=1000, burst=500)
+    store = PostgresBucketStore(pool, own=True)
+    limiter = RateLimiter(store)
+    accounts = [f"acct-{uuid.uuid4().hex[:8]}" for _ in range(5)]
+    for account in accounts:
+        for _ in range(3):  # steady use: the second write claims the account
+            async with limiter.acquire("stripe", account, limits, max_wait_s=5):
+                pass
+    await eventually(lambda: len(store._owned) == 5, timeout=5, interval=0.01, what="five accounts owned")
+    batches, items = store._writes.batches, store._writes.items
+    leases = {account: store._owned[("stripe", account)].until for account in accounts}
+    await eventually(lambda: store._writes.batches > batches, timeout=5, interval=0.005, what="a renewal")
+    assert (store._writes.batches - batches, store._writes.items - items) == (1, 5)
+    await eventually(  # the statement returned (and committed): the leases are renewed here
+        lambda: all(store._owned[("stripe", a)].until > leases[a] for a in accounts),
+        timeout=5, interval=0.005, what="the renewed leases")
+    for account in accounts:
+        row = await pool.fetchrow(_ROW, account)
+        assert row["owner"] is not None and row["owner_until"] > leases[account]
+    await store.close()
