@@ -276,10 +276,21 @@ def main() -> None:
     parser.add_argument("--amqp-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
+        # On the loop our commands run on (uvloop where installed), so the ratio is our code's
         web.run_app(bare_app(args.amqp_url, os.environ["BENCH_SECRET"]), host="127.0.0.1", port=args.port,
-                    access_log=None, print=None)
+                    access_log=None, print=None, loop=new_event_loop())
         return
-    print(json.dumps(asyncio.run(_run(args))))
+    summary = asyncio.run(_run(args))
+    print(json.dumps({**summary, "event_loop": type(new_event_loop()).__module__.split(".")[0]}))
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The event loop service.cli.run_async runs every command on: uvloop's where installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import time
 import aio_pika
 import aiohttp
 import asyncpg
-from consume import PREFETCH, Bench, CpuMeter, Reference, free_port, rss_mb, wait_http
+from consume import PREFETCH, Bench, CpuMeter, Reference, free_port, rss_mb, run, wait_http
 
 REFERENCE_QUEUE = "bench.soak-reference"  # not bound: fed through the default exchange
 
@@ -81,7 +81,7 @@ async def reference_chunk(bench: Bench, reference: Reference) -> float:
     started = time.monotonic()
     await bench.publish(n, exchange="", routing_key=REFERENCE_QUEUE)
     await asyncio.wait_for(reference.reached(target), timeout=300)
-    return n / (time.monotonic() - started)
+    return float(n / (time.monotonic() - started))
 
 
 def drift(rates: list[float]) -> float:
@@ -142,4 +142,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    run(main())  # bench/consume.py: on our commands' event loop
