@@ -8,7 +8,6 @@ taking requests and let in-flight ones finish first, then the broker, then the p
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -58,7 +57,7 @@ async def serve(settings: Settings, *, port: int, stop: asyncio.Event | None = N
     from consumers.topology import declare_on
     from service.database import create_pool, ping
     from service.ingress import IngressConfig, VaultDirectory, create_app
-    from service.lifecycle import amqp_errors
+    from service.lifecycle import amqp_errors, settle_heap
     from service.metrics import Metrics
     from service.vault import Vault, key_provider_from_settings
 
@@ -81,9 +80,7 @@ async def serve(settings: Settings, *, port: int, stop: asyncio.Event | None = N
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         await web.TCPSite(runner, settings.http_host, port).start()
-        # Everything loaded so far (stripe, pydantic, aiohttp...) lives for the whole process:
-        # keep it out of the collector's generations so each collection scans only new objects.
-        gc.freeze()
+        settle_heap()  # everything loaded so far lives for the whole process
         log.info("ingress_ready", host=settings.http_host, port=port, public_url=settings.ingress_public_url)
         await stop.wait()
         log.info("ingress_stopping")
