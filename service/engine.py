@@ -217,7 +217,7 @@ class Engine:
         runner = JobRunner(
             self._d, request, delivery, group=self._group, overrides=self._override, hold=held.take
         )
-        started = utcnow()
+        started = time.monotonic()  # a duration: not moved by a wall-clock step
         try:  # the run lock is held until the run's outcome is stored, retries and failures too
             try:
                 status, stored = await runner.run()
@@ -240,7 +240,7 @@ class Engine:
                 return await self.dead_letter(delivery, classify(exc), raw=request.model_dump(by_alias=True))
         finally:
             await held.release()
-        elapsed = (utcnow() - started).total_seconds()
+        elapsed = time.monotonic() - started
         self._d.metrics.child(self._d.metrics.job_duration, request.provider, request.entity, status).observe(elapsed)
         return Outcome("done", status=status, outbox=stored)
 
