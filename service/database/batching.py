@@ -4,7 +4,11 @@ A ``Coalescer`` takes one item per caller and hands lists of items to a batch fu
 that runs them in one round trip. The first call starts a batch at once (no added latency
 when the daemon is quiet); calls arriving while a batch is in flight wait for it and go
 together in the next one, so under load each round trip, commit and WAL flush is shared
-by as many jobs as the prefetch lets run at once. If a batch fails for something in its
+by as many jobs as the prefetch lets run at once. A coalescer may also let the event loop
+run ``settle_turns`` more times before it takes a batch (no timer, no added wait when
+nothing else is ready): the callers made ready in the same moment (deliveries whose provider
+replies came in together) then reach it and join, which halves the statements of a busy
+daemon. If a batch fails for something in its
 data, its items are tried one by one, so a bad item fails alone and the others go through;
 if the database is away or too slow, every caller gets that error at once (one by one would
 only multiply the wait).
@@ -26,6 +30,11 @@ R = TypeVar("R")
 log = structlog.get_logger(__name__)
 
 MAX_BATCH = 64
+# Loop turns the job statements' coalescers let pass before taking a batch: bench/consume.py
+# A/B (6 rounds each), process 0.370 -> 0.353 ms and all servers 0.650 -> 0.597 ms per
+# message, rate +4 %; 4 or 8 turns saved little more CPU and lost rate (waiting jobs hold
+# prefetch slots).
+JOB_SETTLE_TURNS = 2
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -36,9 +45,13 @@ def is_outage(exc: BaseException) -> bool:
 class Coalescer(Generic[I, R]):
     """Runs ``batch(items) -> results`` (one result per item, in order) for concurrent callers."""
 
-    def __init__(self, batch: Callable[[list[I]], Awaitable[Sequence[R]]], *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, batch: Callable[[list[I]], Awaitable[Sequence[R]]], *, max_batch: int = MAX_BATCH,
+        settle_turns: int = 0,
+    ) -> None:
         self._batch = batch
         self._max = max_batch
+        self._settle_turns = settle_turns  # loop turns let pass before a batch is taken
         self._waiting: list[tuple[I, asyncio.Future[R]]] = []
         self._runner: asyncio.Task[None] | None = None
         self.batches = 0  # for tests and the benchmark: how many round trips were made
@@ -60,6 +73,8 @@ class Coalescer(Generic[I, R]):
     async def _run(self) -> None:
         try:
             while self._waiting:
+                for _ in range(self._settle_turns):  # callers ready now run and join
+                    await asyncio.sleep(0)
                 taken, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
                 await self._settle(taken)
         except BaseException as exc:  # cancelled with the process: nobody may wait forever

@@ -10,7 +10,7 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from service.database import outbox as outbox_db
-from service.database.batching import Coalescer
+from service.database.batching import JOB_SETTLE_TURNS, Coalescer
 from service.database.outbox import OutboxMessage, StoredMessage
 
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
@@ -501,9 +501,11 @@ class GroupCommit:
     and the pull cursors they read."""
 
     def __init__(self, pool: asyncpg.Pool, relaxed_pool: asyncpg.Pool) -> None:
-        self.start: Coalescer[Start, asyncpg.Record] = Coalescer(lambda jobs: start_jobs(relaxed_pool, jobs))
-        self.finish: Coalescer[Finish, list[StoredMessage] | None] = Coalescer(lambda jobs: finish_jobs(pool, jobs))
+        turns = JOB_SETTLE_TURNS
+        self.start: Coalescer[Start, asyncpg.Record] = Coalescer(
+            lambda jobs: start_jobs(relaxed_pool, jobs), settle_turns=turns)
+        self.finish: Coalescer[Finish, list[StoredMessage] | None] = Coalescer(
+            lambda jobs: finish_jobs(pool, jobs), settle_turns=turns)
         self.create: Coalescer[Done, list[StoredMessage] | None] = Coalescer(
-            lambda jobs: create_finished_jobs(pool, jobs)
-        )
+            lambda jobs: create_finished_jobs(pool, jobs), settle_turns=turns)
         self.cursor: Coalescer[CursorKey, dict[str, Any] | None] = Coalescer(lambda keys: get_cursors(pool, keys))

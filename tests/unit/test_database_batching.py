@@ -107,3 +107,26 @@ async def test_a_batch_runs_in_no_callers_context() -> None:
     job.set("job-1")
     assert ["a"] == await asyncio.gather(coalescer.submit("a"))
     assert [None] == seen
+
+
+@pytest.mark.parametrize(("turns", "expected"), [(0, [["a"], ["b", "c"]]), (2, [["a", "b", "c"]])])
+async def test_settle_turns_let_callers_ready_a_moment_later_join(turns: int, expected: list[list[str]]) -> None:
+    """With settle turns, callers that become ready within those loop turns (deliveries
+    whose replies came in together) join the batch the first caller started; without,
+    the first goes alone."""
+    batches: list[list[str]] = []
+
+    async def run(items: list[str]) -> list[str]:
+        batches.append(list(items))
+        return [item.upper() for item in items]
+
+    coalescer: Coalescer[str, str] = Coalescer(run, settle_turns=turns)
+
+    async def a_turn_later(item: str) -> str:
+        await asyncio.sleep(0)
+        return await coalescer.submit(item)
+
+    later = [asyncio.ensure_future(a_turn_later(x)) for x in ("b", "c")]
+    assert "A" == await coalescer.submit("a")
+    assert ["B", "C"] == await asyncio.gather(*later)
+    assert expected == batches
