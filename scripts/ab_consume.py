@@ -31,6 +31,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--messages", type=int, default=3000, help="messages per round and tree")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--venues", type=int, default=100)
+    parser.add_argument("--mode", choices=("full", "incremental"), default="full", help="the pulls' mode")
     args = parser.parse_args()
     args.trees = [os.path.abspath(t) for t in args.trees]
     return args
@@ -39,7 +40,7 @@ def parse_args() -> argparse.Namespace:
 async def main(args: argparse.Namespace) -> None:
     trees: list[str] = args.trees
     bench = consume.Bench(argparse.Namespace(
-        messages=args.messages, rounds=args.rounds, backlog=0, venues=args.venues, rss_seconds=0, mode="full"
+        messages=args.messages, rounds=args.rounds, backlog=0, venues=args.venues, rss_seconds=0, mode=args.mode
     ))
     base_env = dict(bench.env)
     results: dict[str, list[tuple[float, dict[str, float]]]] = {t: [] for t in trees}

@@ -508,4 +508,5 @@ class GroupCommit:
             lambda jobs: finish_jobs(pool, jobs), settle_turns=turns)
         self.create: Coalescer[Done, list[StoredMessage] | None] = Coalescer(
             lambda jobs: create_finished_jobs(pool, jobs), settle_turns=turns)
-        self.cursor: Coalescer[CursorKey, dict[str, Any] | None] = Coalescer(lambda keys: get_cursors(pool, keys))
+        self.cursor: Coalescer[CursorKey, dict[str, Any] | None] = Coalescer(
+            lambda keys: get_cursors(pool, keys), settle_turns=turns)
