@@ -99,8 +99,13 @@ class Coalescer(Generic[I, R]):
                     _fail(future, exc)
                 return
             log.warning("batch_failed_trying_one_by_one", size=len(taken), error=exc.__class__.__name__)
-            for one in taken:
-                await self._settle([one])
+            try:
+                for one in taken:
+                    await self._settle([one])
+            except BaseException as stop:  # cancelled meanwhile: those not tried yet fail too
+                for _, future in taken:
+                    _fail(future, stop)
+                raise
             return
         except BaseException as exc:  # cancelled with the process: nobody may wait forever
             for _, future in taken:

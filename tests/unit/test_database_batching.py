@@ -130,3 +130,27 @@ async def test_settle_turns_let_callers_ready_a_moment_later_join(turns: int, ex
     assert "A" == await coalescer.submit("a")
     assert ["B", "C"] == await asyncio.gather(*later)
     assert expected == batches
+
+
+async def test_a_cancel_during_the_one_by_one_retry_settles_every_caller() -> None:
+    """A batch failed for its data and is being retried one item at a time when the process
+    stops (the runner is cancelled): the items not retried yet are settled too, so nobody
+    waits forever for them."""
+    started = asyncio.Event()
+
+    async def run(items: list[str]) -> list[str]:
+        if len(items) > 1:
+            raise ValueError("bad data somewhere")
+        started.set()
+        await asyncio.Event().wait()  # the first one-by-one retry hangs
+        return items
+
+    coalescer: Coalescer[str, str] = Coalescer(run)
+    futures = [coalescer.enqueue(x) for x in ("a", "b", "c")]
+    await asyncio.wait_for(started.wait(), timeout=5)
+    runner = coalescer._runner
+    assert runner is not None
+    runner.cancel()
+    done, pending = await asyncio.wait(futures, timeout=5)
+    assert not pending
+    assert all(f.cancelled() for f in done)
