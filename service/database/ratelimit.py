@@ -172,6 +172,13 @@ class _Turn:
     users: int = 0
 
 
+def _free(turn: _Turn) -> None:
+    """Give back a turn taken with ``users += 1`` and its lock acquired."""
+    if turn.lock.locked():
+        turn.lock.release()
+    turn.users -= 1
+
+
 @dataclass(slots=True)
 class _Owned:
     """An account this process owns: its lease and when it was last used here."""
@@ -430,7 +437,7 @@ class PostgresBucketStore:
         renewal): the turns that are free are taken in this step (a free lock is acquired
         without waiting), every write joins the same statement, and the turns are held
         until their writes settle, as any write on the row path holds its turn."""
-        held: list[_Turn] = []
+        held: dict[tuple[str, str], _Turn] = {}  # the turns taken, until each account is settled
         writes: list[tuple[tuple[str, str], Row, float, asyncio.Future[Mapping[str, Any]]]] = []
         try:
             for key in keys:
@@ -443,7 +450,7 @@ class PostgresBucketStore:
                     self._drop(key)
                     continue
                 turn.users += 1
-                held.append(turn)
+                held[key] = turn
                 await turn.lock.acquire()  # free (no user): taken without waiting
                 row = self._known[key]
                 let_go = self._closing or now - owned.used >= OWN_IDLE_S
@@ -453,21 +460,31 @@ class PostgresBucketStore:
                     0.0 if let_go else until))))
             if writes:
                 await self._settled([pending for *_, pending in writes], [key for key, *_ in writes])
-            for key, row, until, pending in writes:
+            lost = []
+            for key, row, until, pending in writes:  # each account's turn freed once it is settled
                 try:
                     record = pending.result()
-                    if record["written"] is None:  # a hand-made UPDATE, or taken after a stall
-                        self._saw_foreign(key, row, await self._lost(key, record, row.version))
-                    else:
-                        self._wrote(key, record, row.state, until)
-                except Exception as exc:  # PostgreSQL failed (or a bug): the lease runs out, safely
+                except (Exception, asyncio.CancelledError) as exc:  # failed, or cancelled with its batch
+                    self._drop(key)  # the write may have landed: nobody computes from this copy
+                    _free(held.pop(key))
+                    log.warning("rate_limit_renew_failed", provider=key[0], error=exc.__class__.__name__)
+                    continue
+                if record["written"] is None:  # a hand-made UPDATE, or taken after a stall
+                    lost.append((key, row, record))
+                else:
+                    self._wrote(key, record, row.state, until)
+                    _free(held.pop(key))
+            for key, row, record in lost:
+                try:
+                    self._saw_foreign(key, row, await self._lost(key, record, row.version))
+                except Exception as exc:  # PostgreSQL failed: the lease runs out, safely
                     self._drop(key)
                     log.warning("rate_limit_renew_failed", provider=key[0], error=exc.__class__.__name__)
+                _free(held.pop(key))
         finally:
-            for turn in held:
-                if turn.lock.locked():
-                    turn.lock.release()
-                turn.users -= 1
+            for key, turn in held.items():  # not settled (cancelled, or a bug): forget those copies
+                self._drop(key)
+                _free(turn)
 
     async def _settled(
         self, pending: list[asyncio.Future[Mapping[str, Any]]], keys: list[tuple[str, str]]

@@ -314,3 +314,39 @@ async def test_one_statement_renews_every_owned_account(pool: Any) -> None:
         row = await pool.fetchrow(_ROW, account)
         assert row["owner"] is not None and row["owner_until"] > leases[account]
     await store.close()
+
+
+async def test_a_renewal_whose_batch_is_cancelled_forgets_every_account(pool: Any) -> None:
+    """The keeper's statement is cancelled in flight (the process stopping): it may still
+    land, so every account in it is forgotten, not the first alone, and every turn is
+    free again for the next grant to read the row."""
+    limits = Limits(per_second=1000, burst=500)
+    store = PostgresBucketStore(pool, own=True)
+    limiter = RateLimiter(store)
+    accounts = [f"acct-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    for account in accounts:
+        for _ in range(3):
+            async with limiter.acquire("stripe", account, limits, max_wait_s=5):
+                pass
+    await eventually(lambda: len(store._owned) == 3, timeout=5, interval=0.01, what="three accounts owned")
+    keeper = store._keeper
+    assert keeper is not None
+    keeper.cancel()  # this test runs the renewal itself
+    await asyncio.gather(keeper, return_exceptions=True)
+    in_flight = asyncio.Event()
+
+    async def hanging(writes: Any) -> Any:
+        in_flight.set()
+        await asyncio.Event().wait()
+
+    store._writes._batch = hanging  # type: ignore[assignment]
+    renewal = asyncio.ensure_future(store._renew(list(store._owned)))
+    await asyncio.wait_for(in_flight.wait(), timeout=5)
+    runner = store._writes._runner
+    assert runner is not None
+    runner.cancel()  # the statement's task is cancelled: every write's future with it
+    await asyncio.wait_for(renewal, timeout=5)
+    assert store._owned == {}
+    assert all(("stripe", a) not in store._known for a in accounts)
+    assert all(not store._turn(("stripe", a)).lock.locked() and store._turn(("stripe", a)).users == 0
+               for a in accounts)
