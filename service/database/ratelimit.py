@@ -512,10 +512,23 @@ class PostgresBucketStore:
         for _ in range(3):  # again for an account claimed by a write in flight when close began
             if not self._owned:
                 break
+            await self._turns_free(list(self._owned))  # a renewal skips a busy account
             try:
                 await self._renew(list(self._owned))
             except Exception as exc:
                 log.warning("rate_limit_let_go_failed", accounts=len(self._owned), error=exc.__class__.__name__)
+
+    async def _turns_free(self, keys: list[tuple[str, str]]) -> None:
+        """Wait until no task of ours is taking a turn on these accounts (a write in flight)."""
+        for key in keys:
+            turn = self._turns.get(key)
+            if turn is not None and (turn.users or turn.lock.locked()):
+                turn.users += 1
+                try:
+                    async with turn.lock:
+                        pass
+                finally:
+                    turn.users -= 1
 
     async def _write_many(self, writes: list[_Write]) -> list[Mapping[str, Any]]:
         """Compare-and-set the accounts of concurrent grants in one statement, in key order

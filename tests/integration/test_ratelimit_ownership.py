@@ -350,3 +350,32 @@ async def test_a_renewal_whose_batch_is_cancelled_forgets_every_account(pool: An
     assert all(("stripe", a) not in store._known for a in accounts)
     assert all(not store._turn(("stripe", a)).lock.locked() and store._turn(("stripe", a)).users == 0
                for a in accounts)
+
+
+async def test_close_waits_for_a_write_in_flight_then_lets_go(pool: Any) -> None:
+    """``close()`` while a task of ours holds an owned account's turn (its write in flight):
+    it waits for the turn instead of skipping the account, then lets go, so another process
+    need not wait for the lease to run out."""
+    limits = Limits(per_second=1000, burst=500)
+    store = PostgresBucketStore(pool, own=True)
+    limiter = RateLimiter(store)
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    for _ in range(3):
+        async with limiter.acquire("stripe", account, limits, max_wait_s=5):
+            pass
+    await eventually(lambda: ("stripe", account) in store._owned, timeout=5, interval=0.01, what="owned")
+    turn = store._turn(("stripe", account))
+    turn.users += 1
+    await turn.lock.acquire()  # a write of ours in flight
+    closing = asyncio.ensure_future(store.close())
+    keeper = store._keeper
+    assert keeper is not None
+    await asyncio.wait_for(asyncio.gather(keeper, return_exceptions=True), timeout=5)  # close's first wait
+    for _ in range(10):  # turns enough for close() to skip the account and return, were it to
+        await asyncio.sleep(0)
+    assert not closing.done()
+    turn.lock.release()
+    turn.users -= 1
+    await asyncio.wait_for(closing, timeout=5)
+    row = await pool.fetchrow(_ROW, account)
+    assert row["owner"] is None
