@@ -7,8 +7,8 @@ together in the next one, so under load each round trip, commit and WAL flush is
 by as many jobs as the prefetch lets run at once. A coalescer may also let the event loop
 run ``settle_turns`` more times before it takes a batch (no timer, no added wait when
 nothing else is ready): the callers made ready in the same moment (deliveries whose provider
-replies came in together) then reach it and join, which halves the statements of a busy
-daemon. If a batch fails for something in its
+replies came in together) then reach it and join, so a busy daemon makes fewer, larger
+statements (JOB_SETTLE_TURNS has the numbers). If a batch fails for something in its
 data, its items are tried one by one, so a bad item fails alone and the others go through;
 if the database is away or too slow, every caller gets that error at once (one by one would
 only multiply the wait).
