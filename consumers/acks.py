@@ -26,30 +26,23 @@ class AckTracker:
     Delivery tags count up from 1 on each channel. Every tag at or below ``floor`` is settled
     at the broker (acknowledged or handed back). Above it, ``_done`` tags wait for their ack,
     and ``_settled`` ones were acknowledged alone or handed back already: a later multiple
-    ack may pass over them, but never over a tag in neither set. That rests on the tags
-    alone, not on ``running`` (kept for whoever asks): a delivery the consumer never saw
-    stops a multiple ack as surely as one still running.
+    ack may pass over them, but never over a tag in neither set, so a delivery still running
+    and one the consumer never saw both stop it.
     """
 
     def __init__(self) -> None:
         self.floor = 0
-        self.running: set[int] = set()  # handed to the handler, outcome not stored yet
         self._done: set[int] = set()
         self._settled: set[int] = set()
 
-    def delivered(self, tag: int) -> None:
-        self.running.add(tag)
-
     def done(self, tag: int) -> None:
         """The delivery's outcome is stored: acknowledge it in the next ``take``."""
-        self.running.discard(tag)
         if tag > self.floor and tag not in self._settled:  # never settle a tag twice
             self._done.add(tag)
 
     def handed_back(self, tag: int) -> None:
         """The delivery's nack is on its way (call this only once its frame is queued, or a
         multiple ack sent meanwhile would acknowledge it)."""
-        self.running.discard(tag)
         if tag > self.floor:
             self._settled.add(tag)
 
@@ -96,9 +89,6 @@ class AckBatcher:
         self._tags = AckTracker()
         self._sending: asyncio.Task[None] | None = None
         self._dropped = False  # the channel failed an ack: its deliveries are the broker's again
-
-    def delivered(self, tag: int) -> None:
-        self._tags.delivered(tag)
 
     def done(self, tag: int) -> None:
         """The delivery's outcome is stored: acknowledge it once this loop iteration ends."""

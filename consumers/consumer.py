@@ -262,7 +262,6 @@ class QueueConsumer:
     async def _on_received(self, received: Received) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._acks_for(received.channel).delivered(received.tag)
         self._in_flight.add(task)
         self.idle.clear()
         try:

@@ -74,7 +74,6 @@ def test_acks_cover_only_stored_outcomes_and_each_once(ops: list[tuple[str, int]
     for op, pick in ops:
         if op == "deliver":
             tag = broker.deliver()
-            tracker.delivered(tag)
             running.append(tag)
         elif op == "unseen":
             broker.deliver()
@@ -95,8 +94,6 @@ def test_acks_cover_only_stored_outcomes_and_each_once(ops: list[tuple[str, int]
 
 def test_deliveries_done_at_once_share_one_multiple_ack() -> None:
     tracker = AckTracker()
-    for tag in range(1, 6):
-        tracker.delivered(tag)
     for tag in (3, 1, 5, 2, 4):
         tracker.done(tag)
     assert (5, []) == tracker.take()
@@ -107,27 +104,21 @@ def test_a_slow_delivery_holds_back_no_other_ack() -> None:
     """Tag 1 still running: 2 to 4 are acknowledged alone, at once; once 1 is done, a
     multiple ack passes over them again."""
     tracker = AckTracker()
-    for tag in range(1, 5):
-        tracker.delivered(tag)
     for tag in (2, 3, 4):
         tracker.done(tag)
     assert (None, [2, 3, 4]) == tracker.take()
-    for tag in (5, 6):
-        tracker.delivered(tag)
     tracker.done(6)
     assert (None, [6]) == tracker.take()
     tracker.done(1)
     assert (None, [1]) == tracker.take()  # alone: 2 to 4 are acknowledged already
     tracker.done(5)
     for tag in (7, 8):
-        tracker.delivered(tag)
         tracker.done(tag)
     assert (8, []) == tracker.take()  # 5, 7 and 8 (6 acknowledged already)
 
 
 def test_a_single_done_delivery_is_not_a_multiple_ack() -> None:
     tracker = AckTracker()
-    tracker.delivered(1)
     tracker.done(1)
     assert (None, [1]) == tracker.take()
 
@@ -177,7 +168,6 @@ async def test_acks_marked_in_one_loop_iteration_go_out_in_one_frame() -> None:
     channel = FakeChannel()
     acks = batcher(channel)
     for tag in range(1, 5):
-        acks.delivered(tag)
         acks.done(tag)
     assert [] == channel.frames  # not before the iteration ends
     await turns()
@@ -190,8 +180,6 @@ async def test_acks_keep_their_order_while_the_write_queue_is_full() -> None:
     be left to order them: one sender at a time."""
     channel = FakeChannel(full=True)
     acks = batcher(channel)
-    for tag in range(1, 5):
-        acks.delivered(tag)
     acks.done(2)
     acks.done(3)
     await asyncio.sleep(0)  # the sender takes 2 and 3 and waits to write 2
@@ -206,8 +194,6 @@ async def test_no_multiple_ack_covers_a_delivery_whose_nack_is_not_sent_yet() ->
     channel = FakeChannel()
     channel.nacking.clear()
     acks = batcher(channel)
-    for tag in (1, 2, 3):
-        acks.delivered(tag)
     handing_back = asyncio.ensure_future(acks.hand_back(1))
     await asyncio.sleep(0)  # the nack waits for room on the connection
     acks.done(2)
@@ -217,7 +203,6 @@ async def test_no_multiple_ack_covers_a_delivery_whose_nack_is_not_sent_yet() ->
     channel.nacking.set()
     await handing_back
     for tag in (4, 5):
-        acks.delivered(tag)
         acks.done(tag)
     await turns()
     assert [("nack", 1, False), ("ack", 5, True)] == channel.frames[2:]
@@ -229,7 +214,6 @@ async def test_a_closed_channel_is_logged_once_and_its_acks_dropped() -> None:
     acks = batcher(channel)
     with capture_logs() as logs:
         for tag in (1, 2):
-            acks.delivered(tag)
             acks.done(tag)
             await turns()
         await acks.flush()
