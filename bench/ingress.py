@@ -41,6 +41,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from service.cli import new_event_loop  # the loop our commands run on, for the bare server too
+
 REPO = Path(__file__).resolve().parent.parent
 AMQP_BASE = os.environ.get("BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
 PG_BASE = os.environ.get("BENCH_PG_BASE", "postgresql://postgres@127.0.0.1:5432")
@@ -281,16 +283,9 @@ def main() -> None:
                     access_log=None, print=None, loop=new_event_loop())
         return
     summary = asyncio.run(_run(args))
-    print(json.dumps({**summary, "event_loop": type(new_event_loop()).__module__.split(".")[0]}))
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """The event loop service.cli.run_async runs every command on: uvloop's where installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+    loop = new_event_loop()  # the servers' loop, named in the output
+    loop.close()
+    print(json.dumps({**summary, "event_loop": type(loop).__module__.split(".")[0]}))
 
 
 if __name__ == "__main__":

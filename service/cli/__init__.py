@@ -49,15 +49,21 @@ def load(*, long_running: bool = False) -> config.Settings:
     return settings
 
 
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine on a fresh event loop: uvloop's where it is installed (its
-    loop and transports are C, and asyncio's own bookkeeping was a third of the daemon's CPU
-    per message: bench/consume.py A/B in the README), else asyncio's."""
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The event loop every command runs on: uvloop's where it is installed (its loop and
+    transports are C, and asyncio's own bookkeeping was a third of the daemon's CPU per
+    message: bench/consume.py A/B in the README), else asyncio's."""
     try:
         import uvloop
     except ImportError:  # not built for this platform: asyncio's loop does the same work
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine on a fresh event loop (``new_event_loop``'s)."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(coro)
 
 
 def format_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
